@@ -1,0 +1,8 @@
+//! The Docker labels a node daemon puts on what it makes; operators and tests filter on them
+//! (`docker ps --filter label=io.sandbox.managed-by=sandbox-node-daemon`).
+
+pub const SESSION_ID: &str = "io.sandbox.session-id";
+pub const NODE_ID: &str = "io.sandbox.node-id";
+pub const MANAGED_BY: &str = "io.sandbox.managed-by";
+/// The value of [`MANAGED_BY`].
+pub const MANAGER: &str = "sandbox-node-daemon";

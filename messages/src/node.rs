@@ -1,0 +1,175 @@
+//! What node daemons announce, and the commands they answer.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{NodeId, SessionId};
+use crate::session::ContainerSpec;
+use crate::subjects::NodeVerb;
+
+/// On `runtime.nodes.register`: who a node is and what it can hold. Field names are the seed's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRegistration {
+    pub node_id: NodeId,
+    pub hostname: String,
+    /// `docker` for a real engine; `simulated` for the benchmark fleet.
+    pub runtime_type: String,
+    pub ip_address: String,
+    pub api_endpoint: String,
+    pub total_cpu_cores: f64,
+    pub total_memory_mb: u64,
+    pub max_containers: u32,
+    pub cached_images: Vec<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub daemon_version: String,
+    /// How often this node heartbeats; health is judged against it.
+    pub heartbeat_interval_ms: u64,
+    pub started_at: DateTime<Utc>,
+}
+
+/// What a node says of itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeSelfStatus {
+    Online,
+    Draining,
+    /// Sent once by a daemon stopping cleanly.
+    Stopping,
+    #[serde(other)]
+    Unknown,
+}
+
+/// On `runtime.heartbeat`, every interval. Fixed size: it never lists containers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node_id: NodeId,
+    pub timestamp: DateTime<Utc>,
+    /// Counts up from 1 at each daemon start; a reset tells a scheduler the daemon restarted.
+    pub sequence: u64,
+    pub running_containers: u32,
+    pub allocated_cpu_cores: f64,
+    pub allocated_memory_mb: u64,
+    pub status: NodeSelfStatus,
+}
+
+/// On `runtime.nodes.discover`: schedulers ask nodes to publish their registration again.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DiscoverNodes {
+    /// Only this node answers; `None` asks every node.
+    #[serde(default)]
+    pub node_id: Option<NodeId>,
+}
+
+/// On `runtime.containers.ready`: the seed's container-ready signal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerReady {
+    pub container_id: String,
+    pub session_id: SessionId,
+    pub node_id: NodeId,
+    #[serde(default)]
+    pub executor_url: Option<String>,
+    pub ready_at: DateTime<Utc>,
+}
+
+/// Why a container stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    /// Exit code 0.
+    Normal,
+    /// The kernel's OOM killer ended it.
+    OomKilled,
+    /// A signal ended it (`docker kill`, a forced removal).
+    Killed,
+    /// It exited with a non-zero code of its own.
+    Error,
+    #[serde(other)]
+    Unknown,
+}
+
+impl ExitReason {
+    /// Classifies an exit from Docker's view of it.
+    pub fn classify(exit_code: Option<i64>, oom_killed: bool) -> Self {
+        match (exit_code, oom_killed) {
+            (_, true) => ExitReason::OomKilled,
+            (Some(0), false) => ExitReason::Normal,
+            // 128 + signal number is how a container reports being signalled.
+            (Some(code), false) if code > 128 => ExitReason::Killed,
+            (Some(_), false) => ExitReason::Error,
+            (None, false) => ExitReason::Unknown,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::Normal => "normal",
+            ExitReason::OomKilled => "oom_killed",
+            ExitReason::Killed => "killed",
+            ExitReason::Error => "error",
+            ExitReason::Unknown => "unknown",
+        }
+    }
+}
+
+/// On `runtime.containers.exited`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerExited {
+    pub container_id: String,
+    pub session_id: SessionId,
+    pub node_id: NodeId,
+    pub exit_code: Option<i64>,
+    pub reason: ExitReason,
+    pub exited_at: DateTime<Utc>,
+}
+
+/// A request to one node on `runtime.cmd.<node_id>.<verb>`; the reply is a
+/// [`crate::Reply`] of `Response`.
+pub trait NodeCommand: Serialize + for<'de> Deserialize<'de> {
+    const VERB: NodeVerb;
+    type Response: Serialize + for<'de> Deserialize<'de>;
+}
+
+/// `containers.create`: start the session's container. Idempotent on the session id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateContainer {
+    pub session_id: SessionId,
+    pub spec: ContainerSpec,
+}
+
+/// The container is running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerCreated {
+    pub session_id: SessionId,
+    pub node_id: NodeId,
+    pub container_id: String,
+    /// The container already existed (a redelivered request); nothing new was made.
+    pub existed: bool,
+    #[serde(default)]
+    pub executor_url: Option<String>,
+}
+
+impl NodeCommand for CreateContainer {
+    const VERB: NodeVerb = NodeVerb::ContainersCreate;
+    type Response = ContainerCreated;
+}
+
+/// `containers.remove`: stop and delete the session's container. Removing what is not there
+/// succeeds with `removed: false`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoveContainer {
+    pub session_id: SessionId,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRemoved {
+    pub session_id: SessionId,
+    pub removed: bool,
+}
+
+impl NodeCommand for RemoveContainer {
+    const VERB: NodeVerb = NodeVerb::ContainersRemove;
+    type Response = ContainerRemoved;
+}

@@ -1,0 +1,150 @@
+//! Every NATS subject, stream and queue-group name of the system. No other crate spells one.
+//!
+//! The `runtime.*` and `sessions.create` names are fixed by DESIGN.md: users, scripts and other
+//! tools depend on them. Per-node subjects carry the node id as a token of their own.
+
+use crate::ids::{NodeId, SessionId};
+
+/// A node announces itself (at start, and again when a scheduler asks through [`nodes_discover`]).
+pub fn nodes_register() -> &'static str {
+    "runtime.nodes.register"
+}
+
+/// Schedulers ask nodes to announce themselves again (all, or the one named in the payload).
+pub fn nodes_discover() -> &'static str {
+    "runtime.nodes.discover"
+}
+
+/// Every node's periodic heartbeat.
+pub fn heartbeat() -> &'static str {
+    "runtime.heartbeat"
+}
+
+/// A sandbox container is running and can take work.
+pub fn containers_ready() -> &'static str {
+    "runtime.containers.ready"
+}
+
+/// A sandbox container stopped, seen in Docker's event stream.
+pub fn containers_exited() -> &'static str {
+    "runtime.containers.exited"
+}
+
+/// The commands a node daemon answers, one verb each, on `runtime.cmd.<node_id>.<verb>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeVerb {
+    ContainersCreate,
+    ContainersRemove,
+}
+
+impl NodeVerb {
+    pub const ALL: [NodeVerb; 2] = [NodeVerb::ContainersCreate, NodeVerb::ContainersRemove];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeVerb::ContainersCreate => "containers.create",
+            NodeVerb::ContainersRemove => "containers.remove",
+        }
+    }
+}
+
+/// `runtime.cmd.<node_id>.<verb>`: a request to one node.
+pub fn node_command(node_id: &NodeId, verb: NodeVerb) -> String {
+    format!("runtime.cmd.{node_id}.{}", verb.as_str())
+}
+
+/// The JetStream stream that holds session-create requests until a scheduler has recorded them.
+pub fn sessions_stream() -> &'static str {
+    "SESSIONS"
+}
+
+/// Where the gateway publishes a session-create request (captured by [`sessions_stream`]).
+pub fn sessions_create() -> &'static str {
+    "sessions.create"
+}
+
+/// The durable consumer every scheduler replica shares, so each request goes to one of them.
+pub fn sessions_consumer() -> &'static str {
+    "scheduler"
+}
+
+/// Where a session's recorded state changes are announced; a gateway waiting on a create
+/// subscribes here before it publishes the request.
+pub fn session_status(session_id: &SessionId) -> String {
+    format!("sessions.status.{session_id}")
+}
+
+/// Queue group of the scheduler replicas for work any one of them may take.
+pub fn scheduler_queue_group() -> &'static str {
+    "scheduler"
+}
+
+/// The reads and commands the gateway sends to whichever scheduler replica answers first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApiOp {
+    SessionsGet,
+    SessionsList,
+    SessionsDelete,
+    TemplatesGet,
+    TemplatesList,
+    NodesGet,
+    NodesList,
+}
+
+impl ApiOp {
+    pub const ALL: [ApiOp; 7] = [
+        ApiOp::SessionsGet,
+        ApiOp::SessionsList,
+        ApiOp::SessionsDelete,
+        ApiOp::TemplatesGet,
+        ApiOp::TemplatesList,
+        ApiOp::NodesGet,
+        ApiOp::NodesList,
+    ];
+}
+
+/// `sandbox.api.<resource>.<action>`.
+pub fn api(op: ApiOp) -> &'static str {
+    match op {
+        ApiOp::SessionsGet => "sandbox.api.sessions.get",
+        ApiOp::SessionsList => "sandbox.api.sessions.list",
+        ApiOp::SessionsDelete => "sandbox.api.sessions.delete",
+        ApiOp::TemplatesGet => "sandbox.api.templates.get",
+        ApiOp::TemplatesList => "sandbox.api.templates.list",
+        ApiOp::NodesGet => "sandbox.api.nodes.get",
+        ApiOp::NodesList => "sandbox.api.nodes.list",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_names_are_as_designed() {
+        assert_eq!(nodes_register(), "runtime.nodes.register");
+        assert_eq!(heartbeat(), "runtime.heartbeat");
+        assert_eq!(containers_ready(), "runtime.containers.ready");
+        assert_eq!(containers_exited(), "runtime.containers.exited");
+        assert_eq!(sessions_create(), "sessions.create");
+        let node = NodeId::parse("docker-local").expect("valid");
+        assert_eq!(
+            node_command(&node, NodeVerb::ContainersCreate),
+            "runtime.cmd.docker-local.containers.create"
+        );
+        assert_eq!(
+            node_command(&node, NodeVerb::ContainersRemove),
+            "runtime.cmd.docker-local.containers.remove"
+        );
+    }
+
+    #[test]
+    fn api_subjects_are_distinct_and_outside_the_fixed_namespaces() {
+        let mut seen = std::collections::HashSet::new();
+        for op in ApiOp::ALL {
+            let subject = api(op);
+            assert!(seen.insert(subject), "{subject} used twice");
+            assert!(subject.starts_with("sandbox.api."));
+        }
+    }
+}

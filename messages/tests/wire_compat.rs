@@ -1,0 +1,288 @@
+//! Every payload survives a round trip, and readers tolerate what newer writers add.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use chrono::{TimeZone, Utc};
+use messages::api::{
+    DeleteSession, GetNode, GetSession, GetTemplate, ListNodes, ListSessions, ListTemplates,
+    NodeHealth, NodeInfo, SessionPage,
+};
+use messages::node::{
+    ContainerCreated, ContainerExited, ContainerReady, ContainerRemoved, CreateContainer,
+    DiscoverNodes, ExitReason, Heartbeat, NodeRegistration, NodeSelfStatus, RemoveContainer,
+};
+use messages::session::{
+    ContainerSpec, CreateSession, NetworkMode, Resources, Session, SessionStatus, Template,
+};
+use messages::{ErrorBody, ErrorCode, NodeId, Reply, SessionId, decode, encode};
+use serde::{Serialize, de::DeserializeOwned};
+
+fn node() -> NodeId {
+    NodeId::parse("docker-local").expect("valid node id")
+}
+
+fn session_id() -> SessionId {
+    SessionId::parse("0193a1b2-7c4d-7e8f-9a0b-1c2d3e4f5a6b").expect("valid session id")
+}
+
+fn at() -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 1, 15, 10, 30, 0)
+        .single()
+        .expect("valid time")
+}
+
+fn resources() -> Resources {
+    Resources {
+        cpu_cores: 0.5,
+        memory_mb: 256,
+        pids_limit: 128,
+    }
+}
+
+fn session() -> Session {
+    Session {
+        id: session_id(),
+        template_id: "python-basic".into(),
+        status: SessionStatus::Running,
+        runtime_node: Some(node()),
+        container_id: Some("abc123".into()),
+        image: "sandbox-executor:v1.0".into(),
+        resources: resources(),
+        network: NetworkMode::SandboxNetwork,
+        failure_code: None,
+        failure_reason: None,
+        created_at: at(),
+        updated_at: at(),
+        started_at: Some(at()),
+        ended_at: None,
+    }
+}
+
+fn template() -> Template {
+    Template {
+        id: "python-basic".into(),
+        name: "Python".into(),
+        description: String::new(),
+        image_url: "sandbox-executor:v1.0".into(),
+        resources: resources(),
+        network: NetworkMode::None,
+        env: BTreeMap::from([("LANG".into(), "C.UTF-8".into())]),
+        timeout_seconds: 300,
+        created_at: at(),
+        updated_at: at(),
+    }
+}
+
+fn node_info() -> NodeInfo {
+    NodeInfo {
+        node_id: node(),
+        hostname: "localhost".into(),
+        runtime_type: "docker".into(),
+        ip_address: "127.0.0.1".into(),
+        api_endpoint: "unix:///var/run/docker.sock".into(),
+        status: NodeHealth::Online,
+        total_cpu_cores: 8.0,
+        total_memory_mb: 16384,
+        max_containers: 100,
+        running_containers: 1,
+        allocated_cpu_cores: 0.5,
+        allocated_memory_mb: 256,
+        cached_images: vec!["sandbox-executor:v1.0".into()],
+        labels: BTreeMap::new(),
+        daemon_version: "0.1.0".into(),
+        heartbeat_interval_ms: 5000,
+        last_heartbeat_at: Some(at()),
+        registered_at: at(),
+    }
+}
+
+fn round_trips<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: T) {
+    let bytes = encode(&value).expect("encodes");
+    let back: T = decode(&bytes).expect("decodes");
+    assert_eq!(back, value);
+}
+
+#[test]
+fn every_payload_round_trips() {
+    round_trips(NodeRegistration {
+        node_id: node(),
+        hostname: "localhost".into(),
+        runtime_type: "docker".into(),
+        ip_address: "127.0.0.1".into(),
+        api_endpoint: "unix:///var/run/docker.sock".into(),
+        total_cpu_cores: 8.0,
+        total_memory_mb: 16384,
+        max_containers: 100,
+        cached_images: vec!["sandbox-executor:v1.0".into()],
+        labels: BTreeMap::from([("zone".into(), "a".into())]),
+        daemon_version: "0.1.0".into(),
+        heartbeat_interval_ms: 5000,
+        started_at: at(),
+    });
+    round_trips(Heartbeat {
+        node_id: node(),
+        timestamp: at(),
+        sequence: 7,
+        running_containers: 3,
+        allocated_cpu_cores: 1.5,
+        allocated_memory_mb: 768,
+        status: NodeSelfStatus::Online,
+    });
+    round_trips(DiscoverNodes {
+        node_id: Some(node()),
+    });
+    round_trips(ContainerReady {
+        container_id: "abc123".into(),
+        session_id: session_id(),
+        node_id: node(),
+        executor_url: Some("http://sandbox-x:8080".into()),
+        ready_at: at(),
+    });
+    round_trips(ContainerExited {
+        container_id: "abc123".into(),
+        session_id: session_id(),
+        node_id: node(),
+        exit_code: Some(137),
+        reason: ExitReason::OomKilled,
+        exited_at: at(),
+    });
+    round_trips(CreateContainer {
+        session_id: session_id(),
+        spec: ContainerSpec {
+            image: "sandbox-executor:v1.0".into(),
+            resources: resources(),
+            network: NetworkMode::SandboxNetwork,
+            env: BTreeMap::from([("A".into(), "1".into())]),
+        },
+    });
+    round_trips(Reply::Ok(ContainerCreated {
+        session_id: session_id(),
+        node_id: node(),
+        container_id: "abc123".into(),
+        existed: false,
+        executor_url: None,
+    }));
+    round_trips(RemoveContainer {
+        session_id: session_id(),
+    });
+    round_trips(Reply::Ok(ContainerRemoved {
+        session_id: session_id(),
+        removed: true,
+    }));
+    round_trips(Reply::<ContainerRemoved>::Error(ErrorBody::new(
+        ErrorCode::Capacity,
+        "node is full",
+    )));
+    round_trips(CreateSession {
+        session_id: session_id(),
+        template_id: "python-basic".into(),
+        env: BTreeMap::new(),
+        requested_at: at(),
+    });
+    round_trips(session());
+    round_trips(template());
+    round_trips(GetSession {
+        session_id: session_id(),
+    });
+    round_trips(ListSessions {
+        status: Some(SessionStatus::Failed),
+        template_id: Some("python-basic".into()),
+        limit: 10,
+        offset: 20,
+    });
+    round_trips(Reply::Ok(SessionPage {
+        sessions: vec![session()],
+        total: 1,
+        limit: 10,
+        offset: 0,
+    }));
+    round_trips(DeleteSession {
+        session_id: session_id(),
+    });
+    round_trips(GetTemplate {
+        template_id: "python-basic".into(),
+    });
+    round_trips(ListTemplates {});
+    round_trips(Reply::Ok(vec![template()]));
+    round_trips(GetNode { node_id: node() });
+    round_trips(ListNodes {});
+    round_trips(Reply::Ok(vec![node_info()]));
+}
+
+/// Re-encodes `value` with one more field, as a newer writer would send it.
+fn with_extra_field<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut json = serde_json::to_value(value).expect("to json");
+    json.as_object_mut().expect("a struct is a map").insert(
+        "field_from_the_future".into(),
+        serde_json::json!({"x": [1, 2]}),
+    );
+    encode(&json).expect("encodes")
+}
+
+#[test]
+fn an_unknown_field_from_a_newer_writer_is_ignored() {
+    let heartbeat = Heartbeat {
+        node_id: node(),
+        timestamp: at(),
+        sequence: 1,
+        running_containers: 0,
+        allocated_cpu_cores: 0.0,
+        allocated_memory_mb: 0,
+        status: NodeSelfStatus::Draining,
+    };
+    let back: Heartbeat = decode(&with_extra_field(&heartbeat)).expect("decodes");
+    assert_eq!(back, heartbeat);
+
+    let back: Session = decode(&with_extra_field(&session())).expect("decodes");
+    assert_eq!(back, session());
+}
+
+#[test]
+fn unknown_enum_values_from_a_newer_writer_decode_as_unknown() {
+    let mut json = serde_json::to_value(Heartbeat {
+        node_id: node(),
+        timestamp: at(),
+        sequence: 1,
+        running_containers: 0,
+        allocated_cpu_cores: 0.0,
+        allocated_memory_mb: 0,
+        status: NodeSelfStatus::Online,
+    })
+    .expect("to json");
+    json["status"] = "hibernating".into();
+    let back: Heartbeat = decode(&encode(&json).expect("encodes")).expect("decodes");
+    assert_eq!(back.status, NodeSelfStatus::Unknown);
+
+    let error: ErrorBody =
+        decode(&encode(&serde_json::json!({"code": "quota", "message": "m"})).expect("encodes"))
+            .expect("decodes");
+    assert_eq!(error.code, ErrorCode::Unknown);
+}
+
+#[test]
+fn an_invalid_id_in_a_payload_is_refused() {
+    let json = serde_json::json!({"node_id": "a.b"});
+    let result: Result<GetNode, _> = decode(&encode(&json).expect("encodes"));
+    assert!(result.is_err());
+}
+
+#[test]
+fn payloads_are_maps_with_field_names() {
+    let bytes = encode(&GetSession {
+        session_id: session_id(),
+    })
+    .expect("encodes");
+    // 0x81: a one-entry map, then the field name as a string.
+    assert_eq!(bytes[0], 0x81);
+    assert!(bytes.windows(10).any(|w| w == b"session_id"));
+}
+
+#[test]
+fn error_codes_parse_back_from_text() {
+    assert_eq!(
+        ErrorCode::parse("no_healthy_nodes"),
+        ErrorCode::NoHealthyNodes
+    );
+    assert_eq!(ErrorCode::parse("nonsense"), ErrorCode::Unknown);
+}

@@ -1,0 +1,296 @@
+//! Starts real services for tests, each on a free port with a private temp dir, and removes
+//! everything on drop so tests can run side by side and leave nothing behind.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited early with {status}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    bail!("{what} did not listen on port {port} within 20 s")
+}
+
+/// A `nats-server` with JetStream on, killed and its store deleted on drop.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Child,
+    port: u16,
+    _store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> anyhow::Result<Self> {
+        let store = tempfile::tempdir().context("making the JetStream store dir")?;
+        let port = free_port()?;
+        let mut child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nats-server (install it: apt-get install nats-server)")?;
+        wait_for_port(port, &mut child, "nats-server")?;
+        Ok(Self {
+            child,
+            port,
+            _store: store,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The directory holding PostgreSQL's server programs (`initdb`, `pg_ctl`).
+fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
+    let root = Path::new("/usr/lib/postgresql");
+    let mut versions: Vec<PathBuf> = std::fs::read_dir(root)
+        .with_context(|| format!("reading {} (apt-get install postgresql)", root.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .context("no PostgreSQL server found under /usr/lib/postgresql")
+}
+
+/// Runs a PostgreSQL program, as the `postgres` user when we are root (initdb refuses root).
+fn postgres_command(program: &Path, as_postgres: bool) -> Command {
+    if as_postgres {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// A private PostgreSQL cluster, stopped and deleted on drop.
+#[derive(Debug)]
+pub struct Postgres {
+    data: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl Postgres {
+    pub fn start() -> anyhow::Result<Self> {
+        let bin = postgres_bin_dir()?;
+        let as_postgres = is_root();
+        let data = tempfile::Builder::new()
+            .prefix("sandbox-pg-")
+            .tempdir()
+            .context("making the PostgreSQL data dir")?;
+        if as_postgres {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(data.path())
+                .status()?;
+            if !status.success() {
+                bail!("chown of the PostgreSQL data dir failed");
+            }
+        }
+        let cluster = data.path().join("cluster");
+        let out = postgres_command(&bin.join("initdb"), as_postgres)
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(&cluster)
+            .output()
+            .context("running initdb")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let port = free_port()?;
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
+            data.path().display()
+        );
+        let out = postgres_command(&bin.join("pg_ctl"), as_postgres)
+            .args(["-w", "-t", "30", "-D"])
+            .arg(&cluster)
+            .args(["-o", &options, "-l"])
+            .arg(data.path().join("log"))
+            .arg("start")
+            .output()
+            .context("running pg_ctl start")?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl start failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                std::fs::read_to_string(data.path().join("log")).unwrap_or_default()
+            );
+        }
+        Ok(Self {
+            data,
+            bin,
+            port,
+            as_postgres,
+        })
+    }
+
+    /// A URL for the `postgres` database of this cluster.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Creates another database and returns its URL, for tests sharing one cluster.
+    pub fn create_database(&self, name: &str) -> anyhow::Result<String> {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-c",
+            ])
+            .arg(format!("CREATE DATABASE \"{name}\""))
+            .output()
+            .context("running psql")?;
+        if !out.status.success() {
+            bail!(
+                "CREATE DATABASE failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(format!(
+            "postgres://postgres@127.0.0.1:{}/{name}",
+            self.port
+        ))
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = postgres_command(&self.bin.join("pg_ctl"), self.as_postgres)
+            .args(["-m", "immediate", "-D"])
+            .arg(self.data.path().join("cluster"))
+            .arg("stop")
+            .output();
+    }
+}
+
+/// A name no other test run uses, for node ids, networks and databases.
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{}-{nanos:x}", std::process::id())
+}
+
+/// Removes every container labelled with `node_id` and the network `network`, so a test leaves
+/// no Docker objects behind even when it failed half-way.
+pub async fn remove_docker_objects(node_id: &str, network: &str) -> anyhow::Result<()> {
+    use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+    use std::collections::HashMap;
+
+    let docker = bollard::Docker::connect_with_local_defaults()?;
+    let filters = HashMap::from([(
+        "label".to_owned(),
+        vec![format!("{}={node_id}", messages::labels::NODE_ID)],
+    )]);
+    let containers = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await?;
+    for container in containers {
+        if let Some(id) = container.id {
+            let _ = docker
+                .remove_container(
+                    &id,
+                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                )
+                .await;
+        }
+    }
+    let _ = docker.remove_network(network).await;
+    Ok(())
+}
+
+/// A tiny image for tests of container handling: Debian's static busybox in an empty root,
+/// imported (nothing is pulled). Its default command sleeps forever. Built once per machine.
+pub const TEST_IMAGE: &str = "sandbox-test-busybox:1";
+
+/// Builds [`TEST_IMAGE`] if Docker does not have it yet.
+pub fn ensure_test_image() -> anyhow::Result<&'static str> {
+    let present = Command::new("docker")
+        .args(["image", "inspect", TEST_IMAGE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running docker")?
+        .success();
+    if present {
+        return Ok(TEST_IMAGE);
+    }
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.exists() {
+        bail!("/bin/busybox is missing: apt-get install busybox-static");
+    }
+    let root = tempfile::tempdir()?;
+    let bin = root.path().join("bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::copy(busybox, bin.join("busybox"))?;
+    for applet in [
+        "sh", "sleep", "cat", "echo", "ls", "true", "false", "kill", "ps",
+    ] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+    }
+    std::fs::create_dir_all(root.path().join("tmp"))?;
+    let script = format!(
+        "tar -C {} -c . | docker import --change 'CMD [\"/bin/sleep\", \"infinity\"]' - {TEST_IMAGE}",
+        root.path().display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output()?;
+    if !out.status.success() {
+        bail!(
+            "importing {TEST_IMAGE} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(TEST_IMAGE)
+}

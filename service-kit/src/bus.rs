@@ -1,0 +1,192 @@
+//! The NATS side of the wire contract: every message leaves with the schema-version and
+//! trace-context headers, and requests are typed by the command they carry.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::header::HeaderValue;
+use async_nats::{Client, HeaderMap, Message, RequestErrorKind, Subject};
+use messages::api::ApiRequest;
+use messages::headers::{SCHEMA_VERSION, SCHEMA_VERSION_HEADER};
+use messages::node::NodeCommand;
+use messages::{CodecError, ErrorBody, NodeId, Reply, decode, encode, subjects};
+use opentelemetry::propagation::{Extractor, Injector};
+use serde::{Serialize, de::DeserializeOwned};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// A publish or request that did not get through, or got an error back.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("publishing to {subject} failed: {reason}")]
+    Publish { subject: String, reason: String },
+    #[error("nobody is listening on {subject}")]
+    NoResponders { subject: String },
+    #[error("no answer on {subject} within {after:?}")]
+    Timeout { subject: String, after: Duration },
+    #[error("request on {subject} failed: {reason}")]
+    Request { subject: String, reason: String },
+    #[error("{0}")]
+    Remote(ErrorBody),
+}
+
+/// Connects to NATS under a client name that shows in the server's connection list.
+pub async fn connect(url: &str, name: &str) -> anyhow::Result<Client> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to NATS at {url}"))
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value);
+    }
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(HeaderValue::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_ref()).collect()
+    }
+}
+
+/// Headers for an outgoing message: the schema version and the current span's trace context.
+pub fn outgoing_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(SCHEMA_VERSION_HEADER, SCHEMA_VERSION.to_string().as_str());
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut HeaderInjector(&mut headers));
+    });
+    headers
+}
+
+/// Makes `span` a child of the trace a received message carries, if it carries one.
+pub fn adopt_remote_parent(span: &tracing::Span, headers: Option<&HeaderMap>) {
+    let Some(headers) = headers else { return };
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(headers))
+    });
+    // Fails only when no OpenTelemetry layer is installed: then there is no trace to join.
+    let _ = span.set_parent(parent);
+}
+
+/// The value of a header on a received message.
+pub fn header<'a>(message: &'a Message, name: &str) -> Option<&'a str> {
+    message.headers.as_ref()?.get(name).map(HeaderValue::as_str)
+}
+
+/// Publishes `payload` on `subject` with the standard headers.
+pub async fn publish<T: Serialize>(
+    client: &Client,
+    subject: impl Into<String>,
+    payload: &T,
+) -> Result<(), BusError> {
+    let subject = subject.into();
+    let bytes = encode(payload)?;
+    client
+        .publish_with_headers(
+            Subject::from(subject.as_str()),
+            outgoing_headers(),
+            bytes.into(),
+        )
+        .await
+        .map_err(|error| BusError::Publish {
+            subject,
+            reason: error.to_string(),
+        })
+}
+
+/// Sends `payload` to `subject` and decodes the [`Reply`], turning its error into
+/// [`BusError::Remote`].
+pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
+    client: &Client,
+    subject: String,
+    payload: &Req,
+    timeout: Duration,
+) -> Result<Resp, BusError> {
+    let request = async_nats::Request::new()
+        .headers(outgoing_headers())
+        .payload(encode(payload)?.into())
+        .timeout(Some(timeout));
+    let answer = client
+        .send_request(Subject::from(subject.as_str()), request)
+        .await
+        .map_err(|error| match error.kind() {
+            RequestErrorKind::NoResponders => BusError::NoResponders {
+                subject: subject.clone(),
+            },
+            RequestErrorKind::TimedOut => BusError::Timeout {
+                subject: subject.clone(),
+                after: timeout,
+            },
+            _ => BusError::Request {
+                subject: subject.clone(),
+                reason: error.to_string(),
+            },
+        })?;
+    match decode::<Reply<Resp>>(&answer.payload)? {
+        Reply::Ok(value) => Ok(value),
+        Reply::Error(error) => Err(BusError::Remote(error)),
+    }
+}
+
+/// Sends a command to one node on `runtime.cmd.<node_id>.<verb>`.
+pub async fn node_request<C: NodeCommand>(
+    client: &Client,
+    node_id: &NodeId,
+    command: &C,
+    timeout: Duration,
+) -> Result<C::Response, BusError>
+where
+    C::Response: DeserializeOwned,
+{
+    request(
+        client,
+        subjects::node_command(node_id, C::VERB),
+        command,
+        timeout,
+    )
+    .await
+}
+
+/// Sends a request to whichever scheduler replica answers first.
+pub async fn api_request<R: ApiRequest>(
+    client: &Client,
+    request_body: &R,
+    timeout: Duration,
+) -> Result<R::Response, BusError>
+where
+    R::Response: DeserializeOwned,
+{
+    request(
+        client,
+        subjects::api(R::OP).to_owned(),
+        request_body,
+        timeout,
+    )
+    .await
+}
+
+/// Answers a request. A message without a reply subject was a plain publish: nothing to answer.
+pub async fn respond<T: Serialize>(
+    client: &Client,
+    message: &Message,
+    reply: &Reply<T>,
+) -> Result<(), BusError> {
+    match &message.reply {
+        Some(reply_subject) => publish(client, reply_subject.to_string(), reply).await,
+        None => Ok(()),
+    }
+}
