@@ -190,3 +190,33 @@ pub async fn respond<T: Serialize>(
         None => Ok(()),
     }
 }
+
+/// The JetStream stream holding session-create requests, created by whichever part starts first
+/// (gateway or scheduler) so that a request is stored even when no scheduler is up yet.
+/// Work-queue retention: a message is gone once a scheduler acknowledged it.
+pub async fn ensure_sessions_stream(
+    jetstream: &async_nats::jetstream::Context,
+) -> anyhow::Result<async_nats::jetstream::stream::Stream> {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+    let config = Config {
+        name: subjects::sessions_stream().to_owned(),
+        subjects: vec![subjects::sessions_create().to_owned()],
+        retention: RetentionPolicy::WorkQueue,
+        storage: StorageType::File,
+        discard: DiscardPolicy::New,
+        // Requests nobody took within a day are stale; the client has long given up.
+        max_age: Duration::from_secs(24 * 3600),
+        // A create retried with the same session id within this window is dropped as a duplicate.
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    jetstream
+        .get_or_create_stream(config)
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "creating the {} stream: {error}",
+                subjects::sessions_stream()
+            )
+        })
+}
