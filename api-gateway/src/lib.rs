@@ -1,1 +1,174 @@
-//! placeholder
+//! The public HTTP API of the sandbox control plane. Stateless: every request becomes a NATS
+//! request to the scheduler replicas or a JetStream publish, so any number of replicas can run.
+
+pub mod config;
+pub mod error;
+mod extract;
+mod nodes;
+mod sessions;
+mod templates;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use service_kit::bus;
+use service_kit::tasks::Tasks;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::config::Config;
+use crate::error::ApiError;
+
+/// Time left after the last in-flight NATS request for the server to wind down on shutdown.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
+
+/// What every handler shares; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    nats: async_nats::Client,
+    jetstream: async_nats::jetstream::Context,
+    create_wait: Duration,
+    request_timeout: Duration,
+    /// Shutdown ends waiting creates early, so they answer before the server stops.
+    cancel: CancellationToken,
+}
+
+/// A started gateway: bound, connected to NATS, serving until its cancel token fires.
+#[derive(Debug)]
+pub struct Running {
+    local_addr: SocketAddr,
+    tasks: Tasks,
+    shutdown_deadline: Duration,
+}
+
+impl Running {
+    /// The address the API listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Waits for cancellation, then for in-flight requests to finish, up to a deadline.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.tasks.join(self.shutdown_deadline).await
+    }
+}
+
+/// Validates `config`, connects to NATS, makes sure the SESSIONS stream exists, binds the
+/// listener and starts serving; returns once requests can be taken.
+pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<Running> {
+    config.validate().context("invalid configuration")?;
+    let nats = bus::connect(&config.nats_url, "api-gateway").await?;
+    let mut jetstream = async_nats::jetstream::new(nats.clone());
+    // Bounds the wait for a publish ack like any other request to the control plane.
+    jetstream.set_timeout(config.request_timeout);
+    bus::ensure_sessions_stream(&jetstream).await?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the HTTP listener to {}", config.listen))?;
+    let local_addr = listener
+        .local_addr()
+        .context("reading the listener's address")?;
+
+    let state = AppState {
+        nats,
+        jetstream,
+        create_wait: config.create_wait,
+        request_timeout: config.request_timeout,
+        cancel: cancel.clone(),
+    };
+    let app = router(state, config.max_body_bytes);
+    let mut tasks = Tasks::new(cancel.clone());
+    tasks.spawn("http", async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await
+            .context("serving HTTP")
+    });
+    tracing::info!(%local_addr, "api-gateway listening");
+    Ok(Running {
+        local_addr,
+        tasks,
+        // A request in flight at shutdown ends within one request timeout (waits end at once).
+        shutdown_deadline: config.request_timeout + SHUTDOWN_SLACK,
+    })
+}
+
+fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route(
+            "/api/v1/sessions",
+            get(sessions::list).post(sessions::create),
+        )
+        .route(
+            "/api/v1/sessions/{id}",
+            get(sessions::get).delete(sessions::delete),
+        )
+        .route("/api/v1/templates", get(templates::list))
+        .route("/api/v1/templates/{id}", get(templates::get))
+        .route("/api/v1/nodes", get(nodes::list))
+        .route("/api/v1/nodes/{id}", get(nodes::get))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// `GET /healthz`: up while the NATS connection is.
+async fn healthz(State(state): State<AppState>) -> Response {
+    let nats = match state.nats.connection_state() {
+        async_nats::connection::State::Connected => {
+            return Json(serde_json::json!({"status": "ok", "nats": "connected"})).into_response();
+        }
+        async_nats::connection::State::Pending => "connecting",
+        async_nats::connection::State::Disconnected => "disconnected",
+    };
+    let body = serde_json::json!({
+        "status": "unavailable",
+        "nats": nats,
+        "error": {"code": "unavailable", "message": format!("NATS is {nats}")},
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+async fn unknown_route(uri: Uri) -> ApiError {
+    ApiError::rejected(
+        StatusCode::NOT_FOUND,
+        format!("no route for {}", uri.path()),
+    )
+}
+
+async fn wrong_method(request: Request) -> ApiError {
+    ApiError::rejected(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// Logs every request with its outcome.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    tracing::info!(
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "request"
+    );
+    response
+}

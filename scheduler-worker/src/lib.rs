@@ -1,1 +1,90 @@
-//! placeholder
+//! The scheduler worker: consumes session work from JetStream, keeps a live view of the nodes
+//! from their announcements, places sessions, and owns the database. Any number of replicas
+//! share the work.
+
+mod api;
+pub mod config;
+mod events;
+pub mod fleet;
+mod placement;
+mod scheduler;
+mod sessions;
+pub mod store;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use service_kit::bus;
+use service_kit::tasks::Tasks;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+use fleet::Fleet;
+use scheduler::Scheduler;
+use store::Store;
+
+/// How long the tasks get to finish after a shutdown signal.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
+
+/// A started replica.
+#[derive(Debug)]
+pub struct Running {
+    tasks: Tasks,
+}
+
+impl Running {
+    /// Waits for the cancel signal, then for the tasks to finish.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.tasks.join(SHUTDOWN_DEADLINE).await
+    }
+}
+
+/// Starts a replica; returns once it listens for nodes, requests and work.
+pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<Running> {
+    config.validate()?;
+
+    // 1. The database: schema migrated, seed templates present.
+    let store = Store::connect(&config.database_url)
+        .await
+        .context("opening the database")?;
+    tracing::info!(backend = store.backend(), "database ready");
+
+    // 2. The node view, seeded from what the database remembers.
+    let mut fleet = Fleet::default();
+    fleet.load(
+        store.list_nodes().await.context("loading nodes")?,
+        Instant::now(),
+    );
+
+    // 3. NATS, and every subscription before any work is taken.
+    let nats = bus::connect(&config.nats_url, "scheduler-worker").await?;
+    let scheduler = Scheduler::new(nats.clone(), store, config, fleet);
+    let (view_subscriptions, recorder_subscriptions) = events::subscribe(&nats).await?;
+    let api_subscriptions = api::subscribe(&nats).await?;
+    let consumer = sessions::consumer(&scheduler).await?;
+
+    let mut tasks = Tasks::new(cancel.clone());
+    tasks.spawn(
+        "node-view",
+        events::run_view(scheduler.clone(), view_subscriptions, cancel.clone()),
+    );
+    tasks.spawn(
+        "node-events",
+        events::run_recorder(scheduler.clone(), recorder_subscriptions, cancel.clone()),
+    );
+
+    // 4. Ask the nodes to announce themselves, so the view is complete within moments.
+    events::discover_all(&nats).await?;
+
+    // 5. Serve: the gateway's requests and the session work queue.
+    tasks.spawn(
+        "api",
+        api::serve(scheduler.clone(), api_subscriptions, cancel.clone()),
+    );
+    tasks.spawn(
+        "sessions",
+        sessions::consume(scheduler.clone(), consumer, cancel.clone()),
+    );
+    tracing::info!("scheduler worker ready");
+    Ok(Running { tasks })
+}

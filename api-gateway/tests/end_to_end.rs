@@ -1,0 +1,317 @@
+//! The spine, end to end through HTTP: a session request becomes a running container on a
+//! registered node, with real NATS, the real Docker engine and a real SQLite file.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use common::{System, docker, require_executor_image};
+use messages::session::{CreateSession, NO_HEALTHY_NODES};
+use messages::{SessionId, labels, subjects};
+use serde_json::json;
+
+async fn containers_of_session(session_id: &str) -> Vec<bollard::models::ContainerSummary> {
+    let filters = HashMap::from([(
+        "label".to_owned(),
+        vec![format!("{}={session_id}", labels::SESSION_ID)],
+    )]);
+    docker()
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .expect("containers listed")
+}
+
+#[tokio::test]
+async fn a_session_request_becomes_a_running_container_and_delete_removes_it() {
+    require_executor_image();
+    let system = System::with_node().await;
+    let node_id = system.node_ids[0].clone();
+
+    let (status, session) = system
+        .post_json("/api/v1/sessions", &json!({"template_id": "python-basic"}))
+        .await;
+    assert_eq!(status, 201, "{session}");
+    assert_eq!(session["status"], "running");
+    assert_eq!(session["template_id"], "python-basic");
+    assert_eq!(session["runtime_node"], node_id.as_str());
+    let id = session["id"].as_str().expect("id").to_owned();
+    let container_id = session["container_id"]
+        .as_str()
+        .expect("container id")
+        .to_owned();
+    assert!(!container_id.is_empty());
+    assert_eq!(session["resources"]["memory_mb"], 512);
+
+    // The container is what the template and the seed ask for.
+    let container = docker()
+        .inspect_container(&container_id, None)
+        .await
+        .expect("container exists");
+    assert_eq!(
+        container.name.as_deref(),
+        Some(format!("/sandbox-{id}").as_str())
+    );
+    let state = container.state.expect("state");
+    assert_eq!(state.running, Some(true));
+    let config = container.config.expect("config");
+    assert_eq!(config.image.as_deref(), Some(common::EXECUTOR_IMAGE));
+    let container_labels = config.labels.expect("labels");
+    assert_eq!(container_labels[labels::SESSION_ID], id);
+    assert_eq!(container_labels[labels::NODE_ID], node_id);
+    assert_eq!(container_labels[labels::MANAGED_BY], labels::MANAGER);
+    let host = container.host_config.expect("host config");
+    assert_eq!(host.nano_cpus, Some(1_000_000_000));
+    assert_eq!(host.memory, Some(512 * 1024 * 1024));
+    assert_eq!(host.pids_limit, Some(256));
+    assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
+    assert_eq!(
+        host.security_opt,
+        Some(vec!["no-new-privileges".to_owned()])
+    );
+    assert_eq!(host.network_mode.as_deref(), Some("none"));
+    assert_ne!(host.privileged, Some(true));
+
+    // The seed's own check against the database: the container id is recorded.
+    let pool = system.sql_pool().await;
+    let (row_id, row_container, row_status): (String, Option<String>, String) = sqlx::query_as(
+        "SELECT id, container_id, status FROM sessions ORDER BY created_at DESC LIMIT 1;",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the seed's query runs");
+    assert_eq!(row_id, id);
+    assert_eq!(row_container.as_deref(), Some(container_id.as_str()));
+    assert_eq!(row_status, "running");
+
+    // Reads agree.
+    let (status, read) = system.get(&format!("/api/v1/sessions/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(read, session);
+    let (status, page) = system.get("/api/v1/sessions?status=running").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["total"], 1);
+    assert_eq!(page["sessions"][0]["id"], id.as_str());
+    let (status, node) = system.get(&format!("/api/v1/nodes/{node_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(node["status"], "online");
+    let (status, templates) = system.get("/api/v1/templates").await;
+    assert_eq!(status, 200);
+    assert!(
+        templates["templates"]
+            .as_array()
+            .is_some_and(|t| t.len() >= 2)
+    );
+
+    // Delete removes the container and ends the session.
+    let (status, deleted) = system.delete(&format!("/api/v1/sessions/{id}")).await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted["status"], "terminated");
+    assert!(deleted["ended_at"].is_string());
+    let gone = docker().inspect_container(&container_id, None).await;
+    assert!(gone.is_err(), "container still exists after delete");
+    let (_, read) = system.get(&format!("/api/v1/sessions/{id}")).await;
+    assert_eq!(read["status"], "terminated");
+    // Deleting again is harmless.
+    let (status, _) = system.delete(&format!("/api/v1/sessions/{id}")).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_template_on_sandbox_network_joins_the_nodes_bridge() {
+    require_executor_image();
+    let system = System::with_node().await;
+    let (status, session) = system
+        .post_json(
+            "/api/v1/sessions",
+            &json!({"template_id": "python-network", "env": {"GREETING": "hi"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{session}");
+    let container_id = session["container_id"].as_str().expect("container id");
+    let container = docker()
+        .inspect_container(container_id, None)
+        .await
+        .expect("container exists");
+    let host = container.host_config.expect("host config");
+    assert_eq!(host.network_mode.as_deref(), Some(system.network.as_str()));
+    let networks = container
+        .network_settings
+        .and_then(|settings| settings.networks)
+        .expect("networks");
+    assert!(networks.contains_key(&system.network));
+    let env = container.config.and_then(|config| config.env).expect("env");
+    assert!(env.contains(&"GREETING=hi".to_owned()));
+    assert!(
+        env.contains(&"LANG=C.UTF-8".to_owned()),
+        "template env is kept: {env:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_no_node_the_session_fails_with_the_seeds_reason() {
+    let system = System::without_nodes().await;
+    let (status, body) = system
+        .post_json("/api/v1/sessions", &json!({"template_id": "python-basic"}))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "no_healthy_nodes");
+    assert_eq!(body["error"]["message"], NO_HEALTHY_NODES);
+    let id = body["error"]["session_id"]
+        .as_str()
+        .expect("session id in the error");
+
+    // Never left pending silently: it reads as failed, with the reason.
+    let (status, session) = system.get(&format!("/api/v1/sessions/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(session["status"], "failed");
+    assert_eq!(session["failure_reason"], NO_HEALTHY_NODES);
+    assert_eq!(session["container_id"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn bad_requests_change_nothing() {
+    let system = System::with_node().await;
+    let (status, body) = system
+        .post_json(
+            "/api/v1/sessions",
+            &json!({"template_id": "no-such-template"}),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found");
+    let (status, _) = system
+        .post_raw("/api/v1/sessions", "{\"template_id\": ")
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = system
+        .post_raw("/api/v1/sessions", "{\"template_id\": 7}")
+        .await;
+    assert_eq!(status, 422);
+    let (status, _) = system.post_raw("/api/v1/sessions", "{}").await;
+    assert_eq!(status, 422);
+    let (status, _) = system.get("/api/v1/sessions/not-a-session").await;
+    assert_eq!(status, 404);
+    let (status, _) = system.delete("/api/v1/sessions/not-a-session").await;
+    assert_eq!(status, 404);
+
+    let (status, page) = system.get("/api/v1/sessions").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["total"], 0, "a bad request recorded a session: {page}");
+    let managed = docker()
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&HashMap::from([(
+                    "label".to_owned(),
+                    vec![format!("{}={}", labels::NODE_ID, system.node_ids[0])],
+                )]))
+                .build(),
+        ))
+        .await
+        .expect("containers listed");
+    assert!(managed.is_empty(), "a bad request made a container");
+}
+
+/// Publishes a create request straight to the stream, as a redelivery would bring it again.
+async fn publish_create(system: &System, request: &CreateSession, msg_id: &str) {
+    let client = async_nats::connect(system.nats.url())
+        .await
+        .expect("connects");
+    let jetstream = async_nats::jetstream::new(client);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(messages::headers::MSG_ID, msg_id);
+    jetstream
+        .publish_with_headers(
+            subjects::sessions_create(),
+            headers,
+            messages::encode(request).expect("encodes").into(),
+        )
+        .await
+        .expect("published")
+        .await
+        .expect("stored");
+}
+
+async fn wait_for_status(system: &System, id: &str, wanted: &str) -> serde_json::Value {
+    for _ in 0..100 {
+        let (status, session) = system.get(&format!("/api/v1/sessions/{id}")).await;
+        if status == 200 && session["status"] == wanted {
+            return session;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("session {id} never became {wanted}");
+}
+
+#[tokio::test]
+async fn a_redelivered_request_makes_no_second_container() {
+    require_executor_image();
+    let system = System::with_node().await;
+    let session_id = SessionId::parse(uuid::Uuid::now_v7().to_string()).expect("valid");
+    let request = CreateSession {
+        session_id: session_id.clone(),
+        template_id: "python-basic".into(),
+        env: Default::default(),
+        requested_at: chrono::Utc::now(),
+    };
+    publish_create(&system, &request, session_id.as_str()).await;
+    let first = wait_for_status(&system, session_id.as_str(), "running").await;
+
+    // The same request again past JetStream's de-duplication (another message id), twice.
+    publish_create(&system, &request, "redelivery-1").await;
+    publish_create(&system, &request, "redelivery-2").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again = wait_for_status(&system, session_id.as_str(), "running").await;
+    assert_eq!(again["container_id"], first["container_id"]);
+    assert_eq!(containers_of_session(session_id.as_str()).await.len(), 1);
+
+    // A replica that died after asking the node leaves the session "creating": the redelivery
+    // asks the node again and adopts the container it already made.
+    let pool = system.sql_pool().await;
+    sqlx::query("UPDATE sessions SET status = 'creating', container_id = NULL WHERE id = $1")
+        .bind(session_id.as_str())
+        .execute(&pool)
+        .await
+        .expect("updated");
+    publish_create(&system, &request, "redelivery-3").await;
+    let adopted = wait_for_status(&system, session_id.as_str(), "running").await;
+    assert_eq!(adopted["container_id"], first["container_id"]);
+    assert_eq!(containers_of_session(session_id.as_str()).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_container_killed_from_outside_fails_its_session() {
+    require_executor_image();
+    let system = System::with_node().await;
+    let (status, session) = system
+        .post_json("/api/v1/sessions", &json!({"template_id": "python-basic"}))
+        .await;
+    assert_eq!(status, 201, "{session}");
+    let id = session["id"].as_str().expect("id");
+    let container_id = session["container_id"].as_str().expect("container id");
+    docker()
+        .kill_container(
+            container_id,
+            None::<bollard::query_parameters::KillContainerOptions>,
+        )
+        .await
+        .expect("killed");
+    let failed = wait_for_status(&system, id, "failed").await;
+    let reason = failed["failure_reason"].as_str().expect("reason");
+    assert!(reason.contains("killed"), "{reason}");
+    // The dead container does not linger.
+    for _ in 0..50 {
+        if containers_of_session(id).await.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the killed session's container was not removed");
+}

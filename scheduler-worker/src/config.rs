@@ -1,0 +1,98 @@
+//! The scheduler worker's configuration: flags, or environment variables prefixed `SCHEDULER_`
+//! (and the conventional `DATABASE_URL`).
+
+use std::time::Duration;
+
+use anyhow::bail;
+use service_kit::config::parse_duration;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "scheduler-worker",
+    version,
+    about = "Places sandbox sessions on runtime nodes"
+)]
+pub struct Config {
+    /// NATS server to connect to.
+    #[arg(
+        long,
+        env = "SCHEDULER_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+
+    /// `sqlite://PATH` (created if missing) or `postgres://...`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://sandbox.db")]
+    pub database_url: String,
+
+    /// How long to wait for a node to answer a command (a container create included).
+    #[arg(long, env = "SCHEDULER_NODE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub node_timeout: Duration,
+
+    /// How long a taken request may go unacknowledged before JetStream hands it to another
+    /// replica; work in progress extends it.
+    #[arg(long, env = "SCHEDULER_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub ack_wait: Duration,
+
+    /// Session requests placed at once by this replica.
+    #[arg(long, env = "SCHEDULER_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub max_in_flight: usize,
+
+    /// Nodes tried for one session before it fails (a full or silent node passes it on).
+    #[arg(long, env = "SCHEDULER_PLACEMENT_ATTEMPTS", default_value_t = 3)]
+    pub placement_attempts: usize,
+}
+
+impl Config {
+    /// Checks what can be checked before any connection is made.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let url = &self.database_url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            bail!("DATABASE_URL {url:?} must start with sqlite: or postgres://");
+        }
+        if !self.nats_url.contains("://") {
+            bail!(
+                "SCHEDULER_NATS_URL {:?} must be a URL such as nats://host:4222",
+                self.nats_url
+            );
+        }
+        if !(1..=4096).contains(&self.max_in_flight) {
+            bail!("SCHEDULER_MAX_IN_FLIGHT must be between 1 and 4096");
+        }
+        if !(1..=16).contains(&self.placement_attempts) {
+            bail!("SCHEDULER_PLACEMENT_ATTEMPTS must be between 1 and 16");
+        }
+        if self.ack_wait < Duration::from_secs(1) {
+            bail!("SCHEDULER_ACK_WAIT must be at least 1s");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut argv = vec!["scheduler-worker"];
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv).expect("parses")
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        parse(&[]).validate().expect("valid");
+    }
+
+    #[test]
+    fn bad_values_are_refused_before_start() {
+        assert!(parse(&["--database-url", "mysql://x"]).validate().is_err());
+        assert!(parse(&["--max-in-flight", "0"]).validate().is_err());
+        assert!(parse(&["--nats-url", "localhost"]).validate().is_err());
+        assert!(Config::try_parse_from(["s", "--node-timeout", "soon"]).is_err());
+    }
+}

@@ -1,0 +1,275 @@
+//! What nodes announce. Every replica keeps its node view from registrations and heartbeats;
+//! one replica (queue group) records each announcement and container event in the database.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use async_nats::{Message, Subscriber};
+use futures::StreamExt as _;
+use messages::api::NodeHealth;
+use messages::node::{
+    ContainerExited, ContainerReady, DiscoverNodes, Heartbeat, NodeRegistration, NodeSelfStatus,
+};
+use messages::session::SessionStatus;
+use messages::{ErrorCode, NodeId, decode, subjects};
+use serde::de::DeserializeOwned;
+use service_kit::bus;
+use tokio_util::sync::CancellationToken;
+
+use crate::fleet::HeartbeatOutcome;
+use crate::scheduler::Scheduler;
+use crate::store::{self, Transition};
+
+/// How often node health is re-judged, so a silent node is marked offline promptly.
+const HEALTH_SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// What every replica hears: the source of its node view.
+#[derive(Debug)]
+pub struct ViewSubscriptions {
+    registrations: Subscriber,
+    heartbeats: Subscriber,
+}
+
+/// What one replica of the queue group hears: each event is recorded once.
+#[derive(Debug)]
+pub struct RecorderSubscriptions {
+    registrations: Subscriber,
+    heartbeats: Subscriber,
+    ready: Subscriber,
+    exited: Subscriber,
+}
+
+/// Subscribes before the replica reports ready, so no announcement after start is missed.
+pub async fn subscribe(
+    nats: &async_nats::Client,
+) -> anyhow::Result<(ViewSubscriptions, RecorderSubscriptions)> {
+    let group = || subjects::scheduler_queue_group().to_owned();
+    let view = ViewSubscriptions {
+        registrations: nats.subscribe(subjects::nodes_register()).await?,
+        heartbeats: nats.subscribe(subjects::heartbeat()).await?,
+    };
+    let recorder = RecorderSubscriptions {
+        registrations: nats
+            .queue_subscribe(subjects::nodes_register(), group())
+            .await?,
+        heartbeats: nats.queue_subscribe(subjects::heartbeat(), group()).await?,
+        ready: nats
+            .queue_subscribe(subjects::containers_ready(), group())
+            .await?,
+        exited: nats
+            .queue_subscribe(subjects::containers_exited(), group())
+            .await?,
+    };
+    Ok((view, recorder))
+}
+
+/// Decodes a payload, logging and dropping what does not decode: one bad message from one node
+/// must not stop the replica.
+fn decode_or_log<T: DeserializeOwned>(message: &Message) -> Option<T> {
+    match decode(&message.payload) {
+        Ok(value) => Some(value),
+        Err(error) => {
+            tracing::warn!(subject = %message.subject, %error, "dropping undecodable message");
+            None
+        }
+    }
+}
+
+/// Keeps this replica's node view: registrations, heartbeats, and the periodic health check.
+pub async fn run_view(
+    scheduler: Arc<Scheduler>,
+    subscriptions: ViewSubscriptions,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let ViewSubscriptions {
+        registrations: mut view_registrations,
+        heartbeats: mut view_heartbeats,
+    } = subscriptions;
+    let mut asked_to_announce: HashMap<NodeId, Instant> = HashMap::new();
+    let mut sweep = tokio::time::interval(HEALTH_SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            message = view_registrations.next() => {
+                let Some(message) = message else { bail!("registration subscription ended") };
+                if let Some(registration) = decode_or_log::<NodeRegistration>(&message) {
+                    tracing::info!(node = %registration.node_id, hostname = %registration.hostname, "node registered");
+                    asked_to_announce.remove(&registration.node_id);
+                    scheduler.fleet().register(registration, Instant::now());
+                }
+            }
+            message = view_heartbeats.next() => {
+                let Some(message) = message else { bail!("heartbeat subscription ended") };
+                let Some(heartbeat) = decode_or_log::<Heartbeat>(&message) else { continue };
+                let outcome = scheduler.fleet().heartbeat(&heartbeat, Instant::now());
+                if outcome == HeartbeatOutcome::UnknownNode {
+                    ask_to_announce(&scheduler, &mut asked_to_announce, heartbeat.node_id).await;
+                }
+            }
+            _ = sweep.tick() => record_health_changes(&scheduler).await,
+        }
+    }
+}
+
+/// Asks a node heard of only through heartbeats to register again, at most once per 5 s.
+async fn ask_to_announce(
+    scheduler: &Scheduler,
+    asked: &mut HashMap<NodeId, Instant>,
+    node_id: NodeId,
+) {
+    let now = Instant::now();
+    if asked
+        .get(&node_id)
+        .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(5))
+    {
+        return;
+    }
+    asked.insert(node_id.clone(), now);
+    let request = DiscoverNodes {
+        node_id: Some(node_id.clone()),
+    };
+    if let Err(error) = bus::publish(&scheduler.nats, subjects::nodes_discover(), &request).await {
+        tracing::warn!(node = %node_id, %error, "could not ask an unknown node to register");
+    }
+}
+
+async fn record_health_changes(scheduler: &Scheduler) {
+    let changes = scheduler.fleet().health_changes(Instant::now());
+    for (node_id, health) in changes {
+        match health {
+            NodeHealth::Offline => tracing::warn!(node = %node_id, "node is offline"),
+            _ => tracing::info!(node = %node_id, ?health, "node health changed"),
+        }
+        let status = health_label(health);
+        if let Err(error) = scheduler.store.set_node_status(&node_id, status).await {
+            tracing::warn!(node = %node_id, %error, "could not record node health");
+        }
+    }
+}
+
+fn health_label(health: NodeHealth) -> &'static str {
+    match health {
+        NodeHealth::Online => "online",
+        NodeHealth::Draining => "draining",
+        NodeHealth::Offline => "offline",
+    }
+}
+
+/// The queue-group side: each announcement is written to the database by one replica.
+pub async fn run_recorder(
+    scheduler: Arc<Scheduler>,
+    subscriptions: RecorderSubscriptions,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let RecorderSubscriptions {
+        mut registrations,
+        mut heartbeats,
+        mut ready,
+        mut exited,
+    } = subscriptions;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            Some(message) = registrations.next() => {
+                if let Some(registration) = decode_or_log::<NodeRegistration>(&message)
+                    && let Err(error) = scheduler.store.upsert_node(&registration, store::now()).await
+                {
+                    tracing::warn!(node = %registration.node_id, %error, "could not record registration");
+                }
+            }
+            Some(message) = heartbeats.next() => {
+                if let Some(heartbeat) = decode_or_log::<Heartbeat>(&message) {
+                    let status = match heartbeat.status {
+                        NodeSelfStatus::Draining => "draining",
+                        NodeSelfStatus::Stopping => "offline",
+                        NodeSelfStatus::Online | NodeSelfStatus::Unknown => "online",
+                    };
+                    if let Err(error) = scheduler.store.record_heartbeat(&heartbeat, status, store::now()).await {
+                        tracing::warn!(node = %heartbeat.node_id, %error, "could not record heartbeat");
+                    }
+                }
+            }
+            Some(message) = ready.next() => {
+                if let Some(event) = decode_or_log::<ContainerReady>(&message) {
+                    container_ready(&scheduler, event).await;
+                }
+            }
+            Some(message) = exited.next() => {
+                if let Some(event) = decode_or_log::<ContainerExited>(&message) {
+                    container_exited(&scheduler, event).await;
+                }
+            }
+            else => bail!("a node event subscription ended"),
+        }
+    }
+}
+
+/// The seed's container-ready signal: the session runs, even if the create reply was lost.
+async fn container_ready(scheduler: &Scheduler, event: ContainerReady) {
+    let transition = Transition::running(event.node_id.clone(), event.container_id.clone());
+    let from = [SessionStatus::Pending, SessionStatus::Creating];
+    match scheduler
+        .store
+        .transition(&event.session_id, &from, &transition)
+        .await
+    {
+        Ok(Some((session, true))) => scheduler.announce(&session).await,
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(session_id = %event.session_id, %error, "could not record container ready");
+        }
+    }
+}
+
+/// A sandbox stopped by itself (or was killed): its session fails with the reason, and the dead
+/// container is removed.
+async fn container_exited(scheduler: &Scheduler, event: ContainerExited) {
+    let session = match scheduler.store.get_session(&event.session_id).await {
+        Ok(Some(session)) => session,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::warn!(session_id = %event.session_id, %error, "could not read session");
+            return;
+        }
+    };
+    let same_container = session
+        .container_id
+        .as_ref()
+        .is_none_or(|id| *id == event.container_id);
+    if !same_container {
+        return;
+    }
+    let code = event
+        .exit_code
+        .map_or_else(|| "unknown".to_owned(), |code| code.to_string());
+    let reason = format!(
+        "container exited ({}, exit code {code})",
+        event.reason.as_str()
+    );
+    let transition = Transition::failed(ErrorCode::RuntimeError, reason);
+    let from = [SessionStatus::Creating, SessionStatus::Running];
+    match scheduler
+        .store
+        .transition(&event.session_id, &from, &transition)
+        .await
+    {
+        Ok(Some((session, true))) => {
+            tracing::warn!(session_id = %session.id, reason = ?session.failure_reason, "session failed");
+            scheduler.announce(&session).await;
+            scheduler.remove_in_background(event.node_id, event.session_id);
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(session_id = %event.session_id, %error, "could not record container exit");
+        }
+    }
+}
+
+/// Asks every node to announce itself, so a replica that just started knows the fleet at once.
+pub async fn discover_all(nats: &async_nats::Client) -> anyhow::Result<()> {
+    bus::publish(nats, subjects::nodes_discover(), &DiscoverNodes::default())
+        .await
+        .context("asking nodes to announce themselves")
+}

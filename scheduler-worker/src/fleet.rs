@@ -1,0 +1,543 @@
+//! Each replica's live view of the runtime nodes, built from registrations and heartbeats, and
+//! the placement choice made from it.
+//!
+//! Every replica hears every heartbeat, so their views agree up to message delay. What a view
+//! cannot know is what other replicas placed a moment ago: the node daemon's admission check is
+//! the final word, and a refused placement is retried elsewhere.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use messages::api::{NodeHealth, NodeInfo};
+use messages::node::{Heartbeat, NodeRegistration, NodeSelfStatus};
+use messages::session::{ContainerSpec, NO_HEALTHY_NODES, Resources};
+use messages::{ErrorBody, ErrorCode, NodeId, SessionId};
+
+use crate::store::NodeRecord;
+
+/// A node is offline once this many heartbeat intervals pass without one (DESIGN invariant 5).
+pub const MISSED_HEARTBEATS_OFFLINE: u32 = 3;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Usage {
+    containers: u32,
+    cpu_cores: f64,
+    memory_mb: u64,
+}
+
+impl Usage {
+    fn add(&mut self, resources: &Resources) {
+        self.containers += 1;
+        self.cpu_cores += resources.cpu_cores;
+        self.memory_mb += resources.memory_mb;
+    }
+}
+
+/// Room held on a node for a placement this replica made, until the node's heartbeats show it.
+#[derive(Debug, Clone)]
+struct Reservation {
+    resources: Resources,
+    /// The heartbeat sequence last seen when the node confirmed the container; `None` while
+    /// the create is still in flight.
+    confirmed_at_sequence: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct NodeState {
+    registration: NodeRegistration,
+    registered_at: DateTime<Utc>,
+    last_seen: Option<Instant>,
+    last_heartbeat_at: Option<DateTime<Utc>>,
+    last_sequence: u64,
+    reported: Usage,
+    self_status: NodeSelfStatus,
+    reservations: HashMap<SessionId, Reservation>,
+    /// The health last announced by [`Fleet::health_changes`].
+    announced: NodeHealth,
+}
+
+impl NodeState {
+    fn interval(&self) -> Duration {
+        Duration::from_millis(self.registration.heartbeat_interval_ms.max(1))
+    }
+
+    fn health(&self, now: Instant) -> NodeHealth {
+        let fresh = self.last_seen.is_some_and(|seen| {
+            now.saturating_duration_since(seen) < self.interval() * MISSED_HEARTBEATS_OFFLINE
+        });
+        match self.self_status {
+            _ if !fresh => NodeHealth::Offline,
+            NodeSelfStatus::Stopping => NodeHealth::Offline,
+            NodeSelfStatus::Draining => NodeHealth::Draining,
+            NodeSelfStatus::Online | NodeSelfStatus::Unknown => NodeHealth::Online,
+        }
+    }
+
+    /// What the node reported plus what this replica placed there since.
+    fn usage(&self) -> Usage {
+        let mut usage = self.reported;
+        for reservation in self.reservations.values() {
+            usage.add(&reservation.resources);
+        }
+        usage
+    }
+
+    fn has_room_for(&self, resources: &Resources) -> bool {
+        let usage = self.usage();
+        let registration = &self.registration;
+        // A little slack for float sums such as 0.1 + 0.2.
+        usage.containers < registration.max_containers
+            && usage.cpu_cores + resources.cpu_cores <= registration.total_cpu_cores + 1e-9
+            && usage.memory_mb + resources.memory_mb <= registration.total_memory_mb
+    }
+
+    /// The highest of the container, CPU and memory fill ratios after adding `resources`.
+    fn load_with(&self, resources: &Resources) -> f64 {
+        let usage = self.usage();
+        let registration = &self.registration;
+        let ratio = |used: f64, total: f64| if total > 0.0 { used / total } else { 1.0 };
+        ratio(
+            f64::from(usage.containers + 1),
+            f64::from(registration.max_containers),
+        )
+        .max(ratio(
+            usage.cpu_cores + resources.cpu_cores,
+            registration.total_cpu_cores,
+        ))
+        .max(ratio(
+            (usage.memory_mb + resources.memory_mb) as f64,
+            registration.total_memory_mb as f64,
+        ))
+    }
+
+    fn info(&self, now: Instant) -> NodeInfo {
+        let registration = &self.registration;
+        NodeInfo {
+            node_id: registration.node_id.clone(),
+            hostname: registration.hostname.clone(),
+            runtime_type: registration.runtime_type.clone(),
+            ip_address: registration.ip_address.clone(),
+            api_endpoint: registration.api_endpoint.clone(),
+            status: self.health(now),
+            total_cpu_cores: registration.total_cpu_cores,
+            total_memory_mb: registration.total_memory_mb,
+            max_containers: registration.max_containers,
+            running_containers: self.reported.containers,
+            allocated_cpu_cores: self.reported.cpu_cores,
+            allocated_memory_mb: self.reported.memory_mb,
+            cached_images: registration.cached_images.clone(),
+            labels: registration.labels.clone(),
+            daemon_version: registration.daemon_version.clone(),
+            heartbeat_interval_ms: registration.heartbeat_interval_ms,
+            last_heartbeat_at: self.last_heartbeat_at,
+            registered_at: self.registered_at,
+        }
+    }
+}
+
+/// What a heartbeat told the view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeartbeatOutcome {
+    Recorded,
+    /// From a node this replica has no registration of: ask it to announce itself.
+    UnknownNode,
+}
+
+/// The live view of the nodes. Not shared across tasks by itself: wrap it in a mutex, and hold
+/// the lock only for these short, non-async calls.
+#[derive(Debug, Default)]
+pub struct Fleet {
+    nodes: HashMap<NodeId, NodeState>,
+}
+
+impl Fleet {
+    /// Seeds the view from the database at start, so a fresh replica can place at once; the
+    /// nodes' next heartbeats (and the discover request sent at start) bring it up to date.
+    pub fn load(&mut self, records: Vec<NodeRecord>, now: Instant) {
+        let wall_now = Utc::now();
+        for record in records {
+            let last_seen = record.last_heartbeat_at.and_then(|at| {
+                let age = (wall_now - at).to_std().unwrap_or_default();
+                now.checked_sub(age)
+            });
+            let state = NodeState {
+                registered_at: record.registration.started_at,
+                last_seen,
+                last_heartbeat_at: record.last_heartbeat_at,
+                last_sequence: 0,
+                reported: Usage {
+                    containers: record.running_containers,
+                    cpu_cores: record.allocated_cpu_cores,
+                    memory_mb: record.allocated_memory_mb,
+                },
+                self_status: match record.status.as_str() {
+                    "draining" => NodeSelfStatus::Draining,
+                    _ => NodeSelfStatus::Online,
+                },
+                reservations: HashMap::new(),
+                announced: NodeHealth::Offline,
+                registration: record.registration,
+            };
+            let announced = state.health(now);
+            self.nodes.insert(
+                state.registration.node_id.clone(),
+                NodeState { announced, ..state },
+            );
+        }
+    }
+
+    /// A node announced itself: (re)start its record, keeping this replica's reservations.
+    pub fn register(&mut self, registration: NodeRegistration, now: Instant) {
+        let node_id = registration.node_id.clone();
+        let reservations = self
+            .nodes
+            .remove(&node_id)
+            .map(|old| old.reservations)
+            .unwrap_or_default();
+        let announced = NodeHealth::Offline;
+        self.nodes.insert(
+            node_id,
+            NodeState {
+                registered_at: Utc::now(),
+                last_seen: Some(now),
+                last_heartbeat_at: None,
+                last_sequence: 0,
+                reported: Usage::default(),
+                self_status: NodeSelfStatus::Online,
+                reservations,
+                announced,
+                registration,
+            },
+        );
+    }
+
+    pub fn heartbeat(&mut self, heartbeat: &Heartbeat, now: Instant) -> HeartbeatOutcome {
+        let Some(node) = self.nodes.get_mut(&heartbeat.node_id) else {
+            return HeartbeatOutcome::UnknownNode;
+        };
+        if heartbeat.sequence < node.last_sequence {
+            // The daemon restarted: what it reports now is all there is.
+            node.reservations
+                .retain(|_, r| r.confirmed_at_sequence.is_none());
+        }
+        node.last_seen = Some(now);
+        node.last_heartbeat_at = Some(heartbeat.timestamp);
+        node.last_sequence = heartbeat.sequence;
+        node.self_status = heartbeat.status;
+        node.reported = Usage {
+            containers: heartbeat.running_containers,
+            cpu_cores: heartbeat.allocated_cpu_cores,
+            memory_mb: heartbeat.allocated_memory_mb,
+        };
+        // A heartbeat sent two beats after the node confirmed a container surely counts it.
+        let sequence = heartbeat.sequence;
+        node.reservations.retain(|_, reservation| {
+            reservation
+                .confirmed_at_sequence
+                .is_none_or(|confirmed| sequence < confirmed + 2)
+        });
+        HeartbeatOutcome::Recorded
+    }
+
+    /// Chooses a node for `spec` and holds room there. Prefers nodes that already have the
+    /// image, then the least loaded. `exclude` lists nodes that already refused this session.
+    pub fn reserve(
+        &mut self,
+        session_id: &SessionId,
+        spec: &ContainerSpec,
+        exclude: &[NodeId],
+        now: Instant,
+    ) -> Result<NodeId, ErrorBody> {
+        let healthy: Vec<&NodeState> = self
+            .nodes
+            .values()
+            .filter(|node| node.health(now) == NodeHealth::Online)
+            .filter(|node| !exclude.contains(&node.registration.node_id))
+            .collect();
+        if healthy.is_empty() {
+            return Err(ErrorBody::new(ErrorCode::NoHealthyNodes, NO_HEALTHY_NODES));
+        }
+        let resources = &spec.resources;
+        let best = healthy
+            .iter()
+            .filter(|node| node.has_room_for(resources))
+            .min_by(|a, b| {
+                let key = |node: &NodeState| {
+                    let lacks_image = !node.registration.cached_images.contains(&spec.image);
+                    (lacks_image, node.load_with(resources))
+                };
+                let (a_key, b_key) = (key(a), key(b));
+                a_key
+                    .0
+                    .cmp(&b_key.0)
+                    .then(a_key.1.total_cmp(&b_key.1))
+                    .then_with(|| a.registration.node_id.cmp(&b.registration.node_id))
+            })
+            .map(|node| node.registration.node_id.clone());
+        let Some(node_id) = best else {
+            return Err(ErrorBody::new(
+                ErrorCode::Capacity,
+                format!(
+                    "no healthy node has room for {} CPU and {} MB ({} healthy, all full)",
+                    resources.cpu_cores,
+                    resources.memory_mb,
+                    healthy.len()
+                ),
+            ));
+        };
+        if let Some(node) = self.nodes.get_mut(&node_id) {
+            node.reservations.insert(
+                session_id.clone(),
+                Reservation {
+                    resources: *resources,
+                    confirmed_at_sequence: None,
+                },
+            );
+        }
+        Ok(node_id)
+    }
+
+    /// The node confirmed the container: keep the room held until its heartbeats count it.
+    pub fn confirm(&mut self, node_id: &NodeId, session_id: &SessionId) {
+        if let Some(node) = self.nodes.get_mut(node_id)
+            && let Some(reservation) = node.reservations.get_mut(session_id)
+        {
+            reservation.confirmed_at_sequence = Some(node.last_sequence);
+        }
+    }
+
+    /// The placement did not happen: give the room back.
+    pub fn release(&mut self, node_id: &NodeId, session_id: &SessionId) {
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            node.reservations.remove(session_id);
+        }
+    }
+
+    pub fn health(&self, node_id: &NodeId, now: Instant) -> Option<NodeHealth> {
+        self.nodes.get(node_id).map(|node| node.health(now))
+    }
+
+    pub fn info(&self, node_id: &NodeId, now: Instant) -> Option<NodeInfo> {
+        self.nodes.get(node_id).map(|node| node.info(now))
+    }
+
+    pub fn infos(&self, now: Instant) -> Vec<NodeInfo> {
+        let mut infos: Vec<NodeInfo> = self.nodes.values().map(|node| node.info(now)).collect();
+        infos.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        infos
+    }
+
+    /// Nodes whose health changed since the last call, with their new health.
+    pub fn health_changes(&mut self, now: Instant) -> Vec<(NodeId, NodeHealth)> {
+        let mut changes = Vec::new();
+        for (node_id, node) in &mut self.nodes {
+            let health = node.health(now);
+            if health != node.announced {
+                node.announced = health;
+                changes.push((node_id.clone(), health));
+            }
+        }
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use messages::session::NetworkMode;
+    use std::collections::BTreeMap;
+
+    fn registration(id: &str, max_containers: u32, images: &[&str]) -> NodeRegistration {
+        NodeRegistration {
+            node_id: NodeId::parse(id).expect("valid"),
+            hostname: id.into(),
+            runtime_type: "docker".into(),
+            ip_address: "127.0.0.1".into(),
+            api_endpoint: "unix:///var/run/docker.sock".into(),
+            total_cpu_cores: 4.0,
+            total_memory_mb: 4096,
+            max_containers,
+            cached_images: images.iter().map(|image| (*image).to_owned()).collect(),
+            labels: BTreeMap::new(),
+            daemon_version: "test".into(),
+            heartbeat_interval_ms: 1000,
+            started_at: Utc::now(),
+        }
+    }
+
+    fn spec(cpu_cores: f64) -> ContainerSpec {
+        ContainerSpec {
+            image: "img".into(),
+            resources: Resources {
+                cpu_cores,
+                memory_mb: 256,
+                pids_limit: 64,
+            },
+            network: NetworkMode::None,
+            env: BTreeMap::new(),
+        }
+    }
+
+    fn session(n: u32) -> SessionId {
+        SessionId::parse(format!("s{n}")).expect("valid")
+    }
+
+    fn heartbeat(id: &str, sequence: u64, containers: u32, status: NodeSelfStatus) -> Heartbeat {
+        Heartbeat {
+            node_id: NodeId::parse(id).expect("valid"),
+            timestamp: Utc::now(),
+            sequence,
+            running_containers: containers,
+            allocated_cpu_cores: 0.0,
+            allocated_memory_mb: 0,
+            status,
+        }
+    }
+
+    #[test]
+    fn no_nodes_fails_with_the_seeds_reason() {
+        let mut fleet = Fleet::default();
+        let error = fleet
+            .reserve(&session(1), &spec(1.0), &[], Instant::now())
+            .expect_err("no node");
+        assert_eq!(error.code, ErrorCode::NoHealthyNodes);
+        assert_eq!(error.message, NO_HEALTHY_NODES);
+    }
+
+    #[test]
+    fn a_node_goes_offline_after_three_missed_intervals_and_back_on_a_heartbeat() {
+        let start = Instant::now();
+        let mut fleet = Fleet::default();
+        fleet.register(registration("a", 10, &[]), start);
+        let id = NodeId::parse("a").expect("valid");
+        assert_eq!(fleet.health(&id, start), Some(NodeHealth::Online));
+        let late = start + Duration::from_millis(2999);
+        assert_eq!(fleet.health(&id, late), Some(NodeHealth::Online));
+        let later = start + Duration::from_millis(3000);
+        assert_eq!(fleet.health(&id, later), Some(NodeHealth::Offline));
+        assert!(fleet.reserve(&session(1), &spec(1.0), &[], later).is_err());
+        fleet.heartbeat(&heartbeat("a", 1, 0, NodeSelfStatus::Online), later);
+        assert_eq!(fleet.health(&id, later), Some(NodeHealth::Online));
+    }
+
+    #[test]
+    fn stopping_and_draining_nodes_take_no_sessions() {
+        let now = Instant::now();
+        let mut fleet = Fleet::default();
+        fleet.register(registration("a", 10, &[]), now);
+        fleet.heartbeat(&heartbeat("a", 1, 0, NodeSelfStatus::Draining), now);
+        assert!(fleet.reserve(&session(1), &spec(1.0), &[], now).is_err());
+        fleet.heartbeat(&heartbeat("a", 2, 0, NodeSelfStatus::Stopping), now);
+        let id = NodeId::parse("a").expect("valid");
+        assert_eq!(fleet.health(&id, now), Some(NodeHealth::Offline));
+    }
+
+    #[test]
+    fn prefers_a_node_with_the_image_then_the_least_loaded() {
+        let now = Instant::now();
+        let mut fleet = Fleet::default();
+        fleet.register(registration("empty-no-image", 10, &[]), now);
+        fleet.register(registration("busy-with-image", 10, &["img"]), now);
+        fleet.register(registration("idle-with-image", 10, &["img"]), now);
+        fleet.heartbeat(
+            &heartbeat("busy-with-image", 1, 5, NodeSelfStatus::Online),
+            now,
+        );
+        let chosen = fleet
+            .reserve(&session(1), &spec(0.5), &[], now)
+            .expect("placed");
+        assert_eq!(chosen.as_str(), "idle-with-image");
+    }
+
+    #[test]
+    fn reservations_keep_a_replica_from_overfilling_a_node() {
+        let now = Instant::now();
+        let mut fleet = Fleet::default();
+        fleet.register(registration("a", 2, &["img"]), now);
+        fleet
+            .reserve(&session(1), &spec(1.0), &[], now)
+            .expect("first");
+        fleet
+            .reserve(&session(2), &spec(1.0), &[], now)
+            .expect("second");
+        let error = fleet
+            .reserve(&session(3), &spec(1.0), &[], now)
+            .expect_err("full");
+        assert_eq!(error.code, ErrorCode::Capacity);
+        // A failed placement gives its room back.
+        let id = NodeId::parse("a").expect("valid");
+        fleet.release(&id, &session(2));
+        fleet
+            .reserve(&session(3), &spec(1.0), &[], now)
+            .expect("room again");
+    }
+
+    #[test]
+    fn cpu_is_a_limit_too() {
+        let now = Instant::now();
+        let mut fleet = Fleet::default();
+        fleet.register(registration("a", 100, &["img"]), now);
+        for n in 0..4 {
+            fleet
+                .reserve(&session(n), &spec(1.0), &[], now)
+                .expect("fits");
+        }
+        assert!(fleet.reserve(&session(9), &spec(0.5), &[], now).is_err());
+    }
+
+    #[test]
+    fn a_confirmed_reservation_is_dropped_once_heartbeats_count_it() {
+        let now = Instant::now();
+        let mut fleet = Fleet::default();
+        let id = NodeId::parse("a").expect("valid");
+        fleet.register(registration("a", 1, &["img"]), now);
+        fleet.heartbeat(&heartbeat("a", 1, 0, NodeSelfStatus::Online), now);
+        fleet
+            .reserve(&session(1), &spec(1.0), &[], now)
+            .expect("placed");
+        fleet.confirm(&id, &session(1));
+        // The next beat may have left before the container existed: still held.
+        fleet.heartbeat(&heartbeat("a", 2, 0, NodeSelfStatus::Online), now);
+        assert!(fleet.reserve(&session(2), &spec(1.0), &[], now).is_err());
+        // Two beats later the node counts it itself; the room is not counted twice.
+        fleet.heartbeat(&heartbeat("a", 3, 1, NodeSelfStatus::Online), now);
+        let info = fleet.info(&id, now).expect("known");
+        assert_eq!(info.running_containers, 1);
+        assert!(fleet.reserve(&session(2), &spec(1.0), &[], now).is_err());
+        fleet.heartbeat(&heartbeat("a", 4, 0, NodeSelfStatus::Online), now);
+        fleet
+            .reserve(&session(2), &spec(1.0), &[], now)
+            .expect("room after exit");
+    }
+
+    #[test]
+    fn excluded_nodes_are_skipped_and_unknown_heartbeats_reported() {
+        let now = Instant::now();
+        let mut fleet = Fleet::default();
+        fleet.register(registration("a", 10, &["img"]), now);
+        fleet.register(registration("b", 10, &[]), now);
+        let a = NodeId::parse("a").expect("valid");
+        let chosen = fleet
+            .reserve(&session(1), &spec(1.0), &[a], now)
+            .expect("b");
+        assert_eq!(chosen.as_str(), "b");
+        assert_eq!(
+            fleet.heartbeat(&heartbeat("zzz", 1, 0, NodeSelfStatus::Online), now),
+            HeartbeatOutcome::UnknownNode
+        );
+    }
+
+    #[test]
+    fn health_changes_are_reported_once() {
+        let start = Instant::now();
+        let mut fleet = Fleet::default();
+        fleet.register(registration("a", 10, &[]), start);
+        assert_eq!(fleet.health_changes(start).len(), 1);
+        assert!(fleet.health_changes(start).is_empty());
+        let later = start + Duration::from_secs(10);
+        let changes = fleet.health_changes(later);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].1, NodeHealth::Offline);
+    }
+}

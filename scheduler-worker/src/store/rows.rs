@@ -1,0 +1,219 @@
+//! Database rows and their conversion into the wire types, checking every stored value.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use messages::node::NodeRegistration;
+use messages::session::{NetworkMode, Resources, Session, SessionStatus, Template};
+use messages::{ErrorCode, NodeId, SessionId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::StoreError;
+
+pub(super) fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+/// Counts and sizes are unsigned in the wire types and BIGINT in the database.
+pub(super) fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+struct Check {
+    table: &'static str,
+    id: String,
+}
+
+impl Check {
+    fn corrupt(&self, reason: impl ToString) -> StoreError {
+        StoreError::Corrupt {
+            table: self.table,
+            id: self.id.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn json<T: DeserializeOwned>(&self, column: &str, text: &str) -> Result<T, StoreError> {
+        serde_json::from_str(text).map_err(|error| self.corrupt(format!("{column}: {error}")))
+    }
+
+    fn unsigned<T: TryFrom<i64>>(&self, column: &str, value: i64) -> Result<T, StoreError> {
+        T::try_from(value).map_err(|_| self.corrupt(format!("{column} = {value} is out of range")))
+    }
+
+    fn parse<T: FromStr>(&self, column: &str, text: &str) -> Result<T, StoreError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        text.parse()
+            .map_err(|error: T::Err| self.corrupt(format!("{column}: {error}")))
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct TemplateRow {
+    id: String,
+    name: String,
+    description: String,
+    image_url: String,
+    cpu_cores: f64,
+    memory_mb: i64,
+    pids_limit: i64,
+    network: String,
+    env: String,
+    timeout_seconds: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<TemplateRow> for Template {
+    type Error = StoreError;
+    fn try_from(row: TemplateRow) -> Result<Self, StoreError> {
+        let check = Check {
+            table: "templates",
+            id: row.id.clone(),
+        };
+        Ok(Template {
+            resources: Resources {
+                cpu_cores: row.cpu_cores,
+                memory_mb: check.unsigned("memory_mb", row.memory_mb)?,
+                pids_limit: check.unsigned("pids_limit", row.pids_limit)?,
+            },
+            network: check.parse("network", &row.network)?,
+            env: check.json("env", &row.env)?,
+            timeout_seconds: check.unsigned("timeout_seconds", row.timeout_seconds)?,
+            id: row.id,
+            name: row.name,
+            description: row.description,
+            image_url: row.image_url,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct SessionRow {
+    id: String,
+    template_id: String,
+    status: String,
+    runtime_node: Option<String>,
+    container_id: Option<String>,
+    image: String,
+    cpu_cores: f64,
+    memory_mb: i64,
+    pids_limit: i64,
+    network: String,
+    env: String,
+    failure_code: Option<String>,
+    failure_reason: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+}
+
+impl SessionRow {
+    pub(super) fn into_session_and_env(
+        self,
+    ) -> Result<(Session, BTreeMap<String, String>), StoreError> {
+        let check = Check {
+            table: "sessions",
+            id: self.id.clone(),
+        };
+        let session = Session {
+            id: check.parse::<SessionId>("id", &self.id)?,
+            status: check.parse::<SessionStatus>("status", &self.status)?,
+            runtime_node: self
+                .runtime_node
+                .as_deref()
+                .map(|node| check.parse::<NodeId>("runtime_node", node))
+                .transpose()?,
+            resources: Resources {
+                cpu_cores: self.cpu_cores,
+                memory_mb: check.unsigned("memory_mb", self.memory_mb)?,
+                pids_limit: check.unsigned("pids_limit", self.pids_limit)?,
+            },
+            network: check.parse::<NetworkMode>("network", &self.network)?,
+            failure_code: self.failure_code.as_deref().map(ErrorCode::parse),
+            template_id: self.template_id,
+            container_id: self.container_id,
+            image: self.image,
+            failure_reason: self.failure_reason,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            started_at: self.started_at,
+            ended_at: self.ended_at,
+        };
+        let env = check.json("env", &self.env)?;
+        Ok((session, env))
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct NodeRow {
+    node_id: String,
+    hostname: String,
+    runtime_type: String,
+    ip_address: String,
+    api_endpoint: String,
+    status: String,
+    total_cpu_cores: f64,
+    total_memory_mb: i64,
+    running_containers: i64,
+    max_containers: i64,
+    allocated_cpu_cores: f64,
+    allocated_memory_mb: i64,
+    cached_images: String,
+    labels: String,
+    daemon_version: String,
+    heartbeat_interval_ms: i64,
+    last_heartbeat_at: Option<DateTime<Utc>>,
+    registered_at: DateTime<Utc>,
+}
+
+/// A node as the database remembers it: its registration and the last figures it reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    pub registration: NodeRegistration,
+    pub status: String,
+    pub running_containers: u32,
+    pub allocated_cpu_cores: f64,
+    pub allocated_memory_mb: u64,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<NodeRow> for NodeRecord {
+    type Error = StoreError;
+    fn try_from(row: NodeRow) -> Result<Self, StoreError> {
+        let check = Check {
+            table: "runtime_nodes",
+            id: row.node_id.clone(),
+        };
+        Ok(NodeRecord {
+            registration: NodeRegistration {
+                node_id: check.parse("node_id", &row.node_id)?,
+                hostname: row.hostname,
+                runtime_type: row.runtime_type,
+                ip_address: row.ip_address,
+                api_endpoint: row.api_endpoint,
+                total_cpu_cores: row.total_cpu_cores,
+                total_memory_mb: check.unsigned("total_memory_mb", row.total_memory_mb)?,
+                max_containers: check.unsigned("max_containers", row.max_containers)?,
+                cached_images: check.json("cached_images", &row.cached_images)?,
+                labels: check.json("labels", &row.labels)?,
+                daemon_version: row.daemon_version,
+                heartbeat_interval_ms: check
+                    .unsigned("heartbeat_interval_ms", row.heartbeat_interval_ms)?,
+                started_at: row.registered_at,
+            },
+            status: row.status,
+            running_containers: check.unsigned("running_containers", row.running_containers)?,
+            allocated_cpu_cores: row.allocated_cpu_cores,
+            allocated_memory_mb: check.unsigned("allocated_memory_mb", row.allocated_memory_mb)?,
+            last_heartbeat_at: row.last_heartbeat_at,
+        })
+    }
+}

@@ -1,0 +1,306 @@
+//! The store behaves the same on SQLite and PostgreSQL, and the seed's own SQL works on it.
+
+use std::collections::BTreeMap;
+
+use messages::api::ListSessions;
+use messages::node::{Heartbeat, NodeRegistration, NodeSelfStatus};
+use messages::session::{NetworkMode, Resources, Session, SessionStatus};
+use messages::{ErrorCode, NodeId, SessionId};
+use sandbox_ops::testkit::Postgres;
+use scheduler_worker::store::{self, Store, Transition};
+
+fn session(id: &str, template_id: &str, created_at: chrono::DateTime<chrono::Utc>) -> Session {
+    Session {
+        id: SessionId::parse(id).expect("valid id"),
+        template_id: template_id.into(),
+        status: SessionStatus::Pending,
+        runtime_node: None,
+        container_id: None,
+        image: "sandbox-executor:v1.0".into(),
+        resources: Resources {
+            cpu_cores: 0.5,
+            memory_mb: 256,
+            pids_limit: 64,
+        },
+        network: NetworkMode::None,
+        failure_code: None,
+        failure_reason: None,
+        created_at,
+        updated_at: created_at,
+        started_at: None,
+        ended_at: None,
+    }
+}
+
+fn node_id() -> NodeId {
+    NodeId::parse("docker-local").expect("valid node id")
+}
+
+async fn behaves_as_designed(store: &Store) {
+    // Seeded: the seed's template with the executor image.
+    let template = store
+        .get_template("python-basic")
+        .await
+        .expect("reads")
+        .expect("seeded");
+    assert_eq!(template.image_url, "sandbox-executor:v1.0");
+    assert_eq!(template.network, NetworkMode::None);
+    let templates = store.list_templates().await.expect("lists");
+    assert!(
+        templates
+            .iter()
+            .any(|t| t.network == NetworkMode::SandboxNetwork)
+    );
+    assert!(store.get_template("nope").await.expect("reads").is_none());
+
+    // A session is recorded once, whatever the redeliveries.
+    let base = store::now();
+    let first = session("s-1", "python-basic", base);
+    let env = BTreeMap::from([("SECRET".to_owned(), "x".to_owned())]);
+    assert!(
+        store
+            .insert_session_if_absent(&first, &env)
+            .await
+            .expect("inserts")
+    );
+    assert!(
+        !store
+            .insert_session_if_absent(&first, &env)
+            .await
+            .expect("inserts")
+    );
+    let (read, read_env) = store
+        .get_session_with_env(&first.id)
+        .await
+        .expect("reads")
+        .expect("exists");
+    assert_eq!(read, first);
+    assert_eq!(read_env, env);
+
+    // Transitions are guarded by the current status.
+    let pending = [SessionStatus::Pending, SessionStatus::Creating];
+    let (creating, changed) = store
+        .transition(&first.id, &pending, &Transition::creating_on(node_id()))
+        .await
+        .expect("updates")
+        .expect("exists");
+    assert!(changed);
+    assert_eq!(creating.status, SessionStatus::Creating);
+    assert_eq!(creating.runtime_node, Some(node_id()));
+    let running = Transition::running(node_id(), "c0ffee".into());
+    let (running_session, changed) = store
+        .transition(&first.id, &pending, &running)
+        .await
+        .expect("updates")
+        .expect("exists");
+    assert!(changed);
+    assert_eq!(running_session.status, SessionStatus::Running);
+    assert_eq!(running_session.container_id.as_deref(), Some("c0ffee"));
+    assert!(running_session.started_at.is_some());
+    // A late "running" or "failed" meant for a pending session changes nothing now.
+    let failed = Transition::failed(ErrorCode::NoHealthyNodes, "none");
+    let (unchanged, changed) = store
+        .transition(&first.id, &pending, &failed)
+        .await
+        .expect("updates")
+        .expect("exists");
+    assert!(!changed);
+    assert_eq!(unchanged.status, SessionStatus::Running);
+    let (terminated, changed) = store
+        .transition(
+            &first.id,
+            &[SessionStatus::Running],
+            &Transition::to(SessionStatus::Terminated),
+        )
+        .await
+        .expect("updates")
+        .expect("exists");
+    assert!(changed);
+    assert!(terminated.ended_at.is_some());
+    assert_eq!(terminated.container_id.as_deref(), Some("c0ffee"));
+    let missing = SessionId::parse("missing").expect("valid");
+    assert!(
+        store
+            .transition(&missing, &pending, &failed)
+            .await
+            .expect("updates")
+            .is_none()
+    );
+
+    // Failures keep their code and reason.
+    let second = session("s-2", "other", base + chrono::Duration::seconds(1));
+    store
+        .insert_session_if_absent(&second, &BTreeMap::new())
+        .await
+        .expect("inserts");
+    let (failed_session, _) = store
+        .transition(&second.id, &pending, &failed)
+        .await
+        .expect("updates")
+        .expect("exists");
+    assert_eq!(failed_session.failure_code, Some(ErrorCode::NoHealthyNodes));
+    assert_eq!(failed_session.failure_reason.as_deref(), Some("none"));
+
+    // Listing: newest first, filters, pages, and the total across pages.
+    let third = session("s-3", "python-basic", base + chrono::Duration::seconds(2));
+    store
+        .insert_session_if_absent(&third, &BTreeMap::new())
+        .await
+        .expect("inserts");
+    let all = ListSessions {
+        status: None,
+        template_id: None,
+        limit: 10,
+        offset: 0,
+    };
+    let (sessions, total) = store.list_sessions(&all).await.expect("lists");
+    let ids: Vec<&str> = sessions.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["s-3", "s-2", "s-1"]);
+    assert_eq!(total, 3);
+    let page = ListSessions {
+        limit: 1,
+        offset: 1,
+        ..all.clone()
+    };
+    let (sessions, total) = store.list_sessions(&page).await.expect("lists");
+    assert_eq!(sessions[0].id.as_str(), "s-2");
+    assert_eq!(total, 3);
+    let by_template = ListSessions {
+        template_id: Some("python-basic".into()),
+        ..all.clone()
+    };
+    assert_eq!(store.list_sessions(&by_template).await.expect("lists").1, 2);
+    let by_status = ListSessions {
+        status: Some(SessionStatus::Failed),
+        ..all.clone()
+    };
+    let (sessions, total) = store.list_sessions(&by_status).await.expect("lists");
+    assert_eq!((sessions[0].id.as_str(), total), ("s-2", 1));
+
+    // Nodes: a registration, then a heartbeat's figures.
+    let registration = NodeRegistration {
+        node_id: node_id(),
+        hostname: "localhost".into(),
+        runtime_type: "docker".into(),
+        ip_address: "127.0.0.1".into(),
+        api_endpoint: "unix:///var/run/docker.sock".into(),
+        total_cpu_cores: 8.0,
+        total_memory_mb: 16384,
+        max_containers: 100,
+        cached_images: vec!["sandbox-executor:v1.0".into()],
+        labels: BTreeMap::from([("zone".into(), "a".into())]),
+        daemon_version: "0.1.0".into(),
+        heartbeat_interval_ms: 5000,
+        started_at: base,
+    };
+    store
+        .upsert_node(&registration, base)
+        .await
+        .expect("upserts");
+    store
+        .upsert_node(&registration, base)
+        .await
+        .expect("upserts twice");
+    let heartbeat = Heartbeat {
+        node_id: node_id(),
+        timestamp: base,
+        sequence: 1,
+        running_containers: 2,
+        allocated_cpu_cores: 1.5,
+        allocated_memory_mb: 768,
+        status: NodeSelfStatus::Online,
+    };
+    store
+        .record_heartbeat(&heartbeat, "online", base)
+        .await
+        .expect("records");
+    let nodes = store.list_nodes().await.expect("lists");
+    let node = nodes
+        .iter()
+        .find(|n| n.registration.node_id == node_id())
+        .expect("listed");
+    assert_eq!(node.registration.cached_images, registration.cached_images);
+    assert_eq!(node.registration.labels, registration.labels);
+    assert_eq!(
+        (node.running_containers, node.allocated_memory_mb),
+        (2, 768)
+    );
+    assert_eq!(node.last_heartbeat_at, Some(base));
+    store
+        .set_node_status(&node_id(), "offline")
+        .await
+        .expect("updates");
+    let nodes = store.list_nodes().await.expect("lists");
+    assert_eq!(nodes[0].status, "offline");
+}
+
+#[tokio::test]
+async fn store_on_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}/sandbox.db", dir.path().display());
+    let store = Store::connect(&url).await.expect("connects");
+    behaves_as_designed(&store).await;
+    // Connecting again migrates nothing twice and keeps the data.
+    let again = Store::connect(&url).await.expect("reconnects");
+    assert_eq!(again.list_templates().await.expect("lists").len(), 2);
+
+    // The seed's own check, as written, against the file.
+    let pool = sqlx::SqlitePool::connect(&url)
+        .await
+        .expect("opens the file");
+    let (id, container_id, status): (String, Option<String>, String) = sqlx::query_as(
+        "SELECT id, container_id, status FROM sessions ORDER BY created_at DESC LIMIT 1;",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the seed's query runs");
+    assert_eq!(
+        (id.as_str(), container_id, status.as_str()),
+        ("s-3", None, "pending")
+    );
+}
+
+#[tokio::test]
+async fn store_on_postgres() {
+    let postgres = Postgres::start().expect("postgres starts");
+    let url = postgres.url();
+    let store = Store::connect(&url).await.expect("connects");
+    behaves_as_designed(&store).await;
+    Store::connect(&url).await.expect("reconnects");
+
+    let pool = sqlx::PgPool::connect(&url).await.expect("connects");
+    // The seed's static registration, verbatim, is accepted and read back as a node.
+    sqlx::query(
+        "INSERT INTO runtime_nodes (node_id, hostname, runtime_type, ip_address, api_endpoint, status, \
+         total_cpu_cores, total_memory_mb, running_containers, max_containers, cached_images, last_heartbeat_at) \
+         VALUES ('seed-node', 'localhost', 'docker', '127.0.0.1', 'unix:///var/run/docker.sock', 'online', \
+         8.0, 16384, 0, 100, '[\"sandbox-executor:v1.0\"]', NOW());",
+    )
+    .execute(&pool)
+    .await
+    .expect("the seed's INSERT runs");
+    let nodes = store.list_nodes().await.expect("lists");
+    let seeded = nodes
+        .iter()
+        .find(|n| n.registration.node_id.as_str() == "seed-node")
+        .expect("listed");
+    assert_eq!(seeded.registration.max_containers, 100);
+    assert_eq!(seeded.registration.cached_images, ["sandbox-executor:v1.0"]);
+
+    let (id, container_id, status): (String, Option<String>, String) = sqlx::query_as(
+        "SELECT id, container_id, status FROM sessions ORDER BY created_at DESC LIMIT 1;",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the seed's query runs");
+    assert_eq!(
+        (id.as_str(), container_id, status.as_str()),
+        ("s-3", None, "pending")
+    );
+    let (image,): (String,) =
+        sqlx::query_as("SELECT image_url FROM templates WHERE id = 'python-basic';")
+            .fetch_one(&pool)
+            .await
+            .expect("the seed's template query runs");
+    assert_eq!(image, "sandbox-executor:v1.0");
+}
