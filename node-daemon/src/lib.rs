@@ -1,1 +1,171 @@
-//! placeholder
+//! The node daemon: one per host. It registers the node with the control plane, heartbeats, makes
+//! and removes session containers on the local Docker engine when a scheduler asks, and reports
+//! the containers that exit.
+
+mod announce;
+mod commands;
+mod config;
+mod docker;
+mod events;
+mod ledger;
+mod node;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use messages::node::{CreateContainer, RemoveContainer};
+use messages::subjects::{self, NodeVerb};
+use messages::{NodeId, SessionId};
+use service_kit::tasks::Tasks;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::config::{Config, ConfigError};
+use crate::docker::{ContainerFacts, DockerEngine, HostResources};
+use crate::ledger::{Capacity, Ledger};
+use crate::node::Node;
+
+/// How long the daemon's tasks get to finish once it is told to stop.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A started node daemon.
+#[derive(Debug)]
+pub struct Running {
+    node_id: NodeId,
+    tasks: Tasks,
+}
+
+impl Running {
+    pub fn node_id(&self) -> &NodeId {
+        &self.node_id
+    }
+
+    /// Waits until the daemon is cancelled (or one of its tasks failed), then for its tasks to
+    /// finish, for at most ten seconds.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.tasks.join(SHUTDOWN_DEADLINE).await
+    }
+}
+
+/// Starts the daemon and returns once the node is ready: Docker reached, the network in place,
+/// command subscriptions made and the registration published.
+pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<Running> {
+    // 1. Check the configuration before anything is contacted.
+    config.validate().context("invalid configuration")?;
+    let node_id = config.node_id.clone();
+
+    // 2. Reach the Docker engine.
+    let docker = DockerEngine::connect(&config.docker_socket).await?;
+
+    // 3. What the node offers: the engine's CPU and memory unless configured.
+    let host = docker.host_resources().await?;
+    let offered = HostResources {
+        cpu_cores: config.cpu_cores.unwrap_or(host.cpu_cores),
+        memory_mb: config.memory_mb.unwrap_or(host.memory_mb),
+    };
+
+    // 4. The bridge network for sessions that ask for one.
+    if docker.ensure_network(&config.network).await? {
+        tracing::info!(network = config.network, "created the sandbox network");
+    }
+
+    // 5. The images this node can run (nothing is ever pulled).
+    let cached_images = docker.image_tags().await?;
+
+    // 6. The containers this node already runs, so allocations survive a daemon restart. Events
+    //    are followed from just before this read, so an exit in between is not lost.
+    let events_since = SystemTime::now();
+    let mut ledger = Ledger::new(Capacity::new(
+        config.max_containers,
+        offered.cpu_cores,
+        offered.memory_mb,
+    ));
+    for container in docker.managed_containers(&node_id).await? {
+        if let Some(session_id) = running_session(&container) {
+            ledger.mark_running(&session_id, &container.id, container.demand);
+        }
+    }
+    tracing::info!(
+        node_id = %node_id,
+        cpu_cores = offered.cpu_cores,
+        memory_mb = offered.memory_mb,
+        running = ledger.usage().containers,
+        "Docker engine ready"
+    );
+
+    // 7. Connect to NATS and subscribe to this node's commands and to discovery.
+    let nats =
+        service_kit::bus::connect(&config.nats_url, &format!("node-daemon {node_id}")).await?;
+    let mut command_subscriptions = Vec::with_capacity(NodeVerb::ALL.len());
+    for verb in NodeVerb::ALL {
+        let subject = subjects::node_command(&node_id, verb);
+        let subscriber = nats
+            .subscribe(subject.clone())
+            .await
+            .with_context(|| format!("subscribing to {subject}"))?;
+        command_subscriptions.push((verb, subscriber));
+    }
+    let discover = nats
+        .subscribe(subjects::nodes_discover())
+        .await
+        .with_context(|| format!("subscribing to {}", subjects::nodes_discover()))?;
+
+    let registration = announce::registration(&config, offered, cached_images);
+    let node = Arc::new(Node::new(
+        nats,
+        docker,
+        config.network,
+        config.heartbeat_interval,
+        registration,
+        ledger,
+    ));
+
+    // 8. Serve commands and discovery, and follow Docker's events. The tasks stop with `cancel`,
+    //    or all together when one fails.
+    let mut tasks = Tasks::new(cancel.child_token());
+    let stop = tasks.cancel_token().clone();
+    for (verb, subscriber) in command_subscriptions {
+        let node = Arc::clone(&node);
+        match verb {
+            NodeVerb::ContainersCreate => tasks.spawn(
+                verb.as_str(),
+                commands::serve::<CreateContainer>(node, subscriber, stop.clone()),
+            ),
+            NodeVerb::ContainersRemove => tasks.spawn(
+                verb.as_str(),
+                commands::serve::<RemoveContainer>(node, subscriber, stop.clone()),
+            ),
+        }
+    }
+    tasks.spawn(
+        "discover",
+        announce::serve_discover(Arc::clone(&node), discover, stop.clone()),
+    );
+    tasks.spawn(
+        "docker-events",
+        events::watch_containers(Arc::clone(&node), events_since, stop.clone()),
+    );
+
+    // 9. Announce the node, then keep it alive with heartbeats.
+    let cached_images = node.registration.cached_images.clone();
+    if let Err(error) = announce::publish_registration(&node, cached_images).await {
+        stop.cancel();
+        return Err(error).context("publishing the node registration");
+    }
+    if let Err(error) = service_kit::bus::sync_with_server(&node.nats).await {
+        stop.cancel();
+        return Err(error);
+    }
+    tasks.spawn("heartbeat", announce::heartbeat(Arc::clone(&node), stop));
+    tracing::info!(node_id = %node_id, "node registered");
+
+    Ok(Running { node_id, tasks })
+}
+
+/// The session a running container of this node serves: a stopped one holds no resources.
+fn running_session(container: &ContainerFacts) -> Option<SessionId> {
+    container
+        .running
+        .then(|| container.session_id.clone())
+        .flatten()
+}

@@ -85,6 +85,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         "sessions",
         sessions::consume(scheduler.clone(), consumer, cancel.clone()),
     );
+    bus::sync_with_server(&nats).await?;
     tracing::info!("scheduler worker ready");
     Ok(Running { tasks })
 }

@@ -61,6 +61,28 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
+/// Returns once the NATS server has processed everything this client sent so far. The server
+/// handles one connection's operations in order, so a message sent to ourselves coming back
+/// proves it. After this, subscriptions made before are live for every other client: a service
+/// calls it before it reports ready. (`Client::flush` only waits for the socket write.)
+pub async fn sync_with_server(client: &Client) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let inbox = client.new_inbox();
+    let mut echo = client
+        .subscribe(inbox.clone())
+        .await
+        .context("subscribing to an inbox")?;
+    client
+        .publish(inbox, bytes::Bytes::new())
+        .await
+        .context("publishing to an inbox")?;
+    tokio::time::timeout(Duration::from_secs(10), echo.next())
+        .await
+        .context("the NATS server did not echo within 10 s")?
+        .context("the NATS connection closed while syncing")?;
+    Ok(())
+}
+
 /// Headers for an outgoing message: the schema version and the current span's trace context.
 pub fn outgoing_headers() -> HeaderMap {
     let mut headers = HeaderMap::new();

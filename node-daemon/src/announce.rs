@@ -1,0 +1,140 @@
+//! How the node makes itself known: its registration (at start and when a scheduler asks through
+//! discovery) and its periodic heartbeat.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Subscriber;
+use chrono::Utc;
+use futures::StreamExt as _;
+use messages::node::{DiscoverNodes, Heartbeat, NodeRegistration, NodeSelfStatus};
+use messages::subjects;
+use service_kit::bus::{self, BusError};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config};
+use crate::docker::HostResources;
+use crate::node::Node;
+
+/// What goes in `runtime_type` for a node backed by a real Docker engine.
+const RUNTIME_TYPE: &str = "docker";
+/// How long the last heartbeat may take to leave on shutdown.
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The registration this node announces, from its configuration and what the host offers.
+pub(crate) fn registration(
+    config: &Config,
+    offered: HostResources,
+    cached_images: Vec<String>,
+) -> NodeRegistration {
+    let ip_address = config
+        .advertise_ip
+        .unwrap_or_else(config::default_advertise_ip);
+    NodeRegistration {
+        node_id: config.node_id.clone(),
+        hostname: config::host_name(),
+        runtime_type: RUNTIME_TYPE.to_owned(),
+        ip_address: ip_address.to_string(),
+        api_endpoint: format!("unix://{}", config.docker_socket),
+        total_cpu_cores: offered.cpu_cores,
+        total_memory_mb: offered.memory_mb,
+        max_containers: config.max_containers,
+        cached_images,
+        labels: config.labels.clone(),
+        daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
+        heartbeat_interval_ms: u64::try_from(config.heartbeat_interval.as_millis())
+            .unwrap_or(u64::MAX),
+        started_at: Utc::now(),
+    }
+}
+
+/// Announces the node on `runtime.nodes.register` with the given image list.
+pub(crate) async fn publish_registration(
+    node: &Node,
+    cached_images: Vec<String>,
+) -> Result<(), BusError> {
+    let registration = NodeRegistration {
+        cached_images,
+        ..node.registration.clone()
+    };
+    bus::publish(&node.nats, subjects::nodes_register(), &registration).await
+}
+
+/// Answers `runtime.nodes.discover` for all nodes or this one by announcing the node again, with
+/// the images it holds now.
+pub(crate) async fn serve_discover(
+    node: Arc<Node>,
+    mut subscriber: Subscriber,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let message = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            message = subscriber.next() => message,
+        };
+        let Some(message) = message else {
+            anyhow::bail!("the discovery subscription ended");
+        };
+        let request: DiscoverNodes = match messages::decode(&message.payload) {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::warn!(%error, "ignoring a malformed discovery request");
+                continue;
+            }
+        };
+        if request.node_id.is_some_and(|asked| asked != node.id) {
+            continue;
+        }
+        let cached_images = match node.docker.image_tags().await {
+            Ok(images) => images,
+            Err(error) => {
+                tracing::warn!(%error, "re-reading images failed; announcing the start-up list");
+                node.registration.cached_images.clone()
+            }
+        };
+        if let Err(error) = publish_registration(&node, cached_images).await {
+            tracing::warn!(%error, "announcing the node on discovery failed");
+        }
+    }
+}
+
+/// Heartbeats every interval until cancelled, then says once that the node is stopping and
+/// flushes. A heartbeat that cannot be sent is logged; heartbeats never stop the daemon.
+pub(crate) async fn heartbeat(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
+    let mut ticker = tokio::time::interval(node.heartbeat_interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut sequence = 0;
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        sequence += 1;
+        send_heartbeat(&node, sequence, NodeSelfStatus::Online).await;
+    }
+    send_heartbeat(&node, sequence + 1, NodeSelfStatus::Stopping).await;
+    match tokio::time::timeout(FINAL_FLUSH_TIMEOUT, node.nats.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "flushing NATS on shutdown failed"),
+        Err(_) => tracing::warn!("flushing NATS on shutdown timed out"),
+    }
+    Ok(())
+}
+
+async fn send_heartbeat(node: &Node, sequence: u64, status: NodeSelfStatus) {
+    let usage = node.ledger().usage();
+    let heartbeat = Heartbeat {
+        node_id: node.id.clone(),
+        timestamp: Utc::now(),
+        sequence,
+        running_containers: usage.containers,
+        allocated_cpu_cores: usage.cpu_cores(),
+        allocated_memory_mb: usage.memory_mb,
+        status,
+    };
+    if let Err(error) = bus::publish(&node.nats, subjects::heartbeat(), &heartbeat).await {
+        tracing::warn!(%error, sequence, "sending a heartbeat failed");
+    }
+}

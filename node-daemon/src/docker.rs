@@ -1,0 +1,432 @@
+//! Every call this daemon makes to the local Docker engine (through bollard), and the shape of
+//! the sandbox containers it makes.
+
+use std::collections::HashMap;
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, EventMessage, HostConfig, NetworkCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
+    ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use futures::{Stream, StreamExt as _};
+use messages::session::{ContainerSpec, NetworkMode};
+use messages::{NodeId, SessionId, labels};
+
+use crate::ledger::Demand;
+
+/// Seconds bollard waits for the engine to answer a request (not for a stream to end).
+const REQUEST_TIMEOUT_SECS: u64 = 120;
+const BYTES_PER_MIB: i64 = 1024 * 1024;
+const NANO_CPUS_PER_MILLICORE: i64 = 1_000_000;
+/// Image references reach the engine inside URL paths; nothing outside this alphabet is needed.
+const IMAGE_REFERENCE_EXTRA_CHARS: &[char] = &['.', '_', '-', '/', ':', '@'];
+
+/// A Docker call that failed: what was being done, and the engine's own message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{action}: {message}")]
+pub struct DockerError {
+    pub action: String,
+    /// The engine's HTTP status, when it answered at all.
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+impl DockerError {
+    fn during(action: impl Into<String>) -> impl FnOnce(BollardError) -> Self {
+        move |error| {
+            let (status, message) = match error {
+                BollardError::DockerResponseServerError {
+                    status_code,
+                    message,
+                } => (Some(status_code), message),
+                other => (None, other.to_string()),
+            };
+            Self {
+                action: action.into(),
+                status,
+                message,
+            }
+        }
+    }
+
+    pub fn is_conflict(&self) -> bool {
+        self.status == Some(409)
+    }
+}
+
+/// What the engine reports about the host.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HostResources {
+    pub cpu_cores: f64,
+    pub memory_mb: u64,
+}
+
+/// The facts about one container this daemon acts on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerFacts {
+    pub id: String,
+    /// From the container's session label; `None` for a container not made by a node daemon.
+    pub session_id: Option<SessionId>,
+    /// From the container's node label.
+    pub node_id: Option<String>,
+    pub running: bool,
+    pub oom_killed: bool,
+    pub exit_code: Option<i64>,
+    /// Its limits, read back from the engine.
+    pub demand: Demand,
+}
+
+impl ContainerFacts {
+    fn from_inspect(inspect: ContainerInspectResponse) -> Self {
+        let labels = inspect
+            .config
+            .and_then(|config| config.labels)
+            .unwrap_or_default();
+        let state = inspect.state.unwrap_or_default();
+        let host_config = inspect.host_config.unwrap_or_default();
+        let nano_cpus = host_config.nano_cpus.unwrap_or_default().max(0);
+        let memory_bytes = host_config.memory.unwrap_or_default().max(0);
+        Self {
+            id: inspect.id.unwrap_or_default(),
+            session_id: labels
+                .get(labels::SESSION_ID)
+                .and_then(|id| SessionId::parse(id.as_str()).ok()),
+            node_id: labels.get(labels::NODE_ID).cloned(),
+            running: state.running.unwrap_or(false),
+            oom_killed: state.oom_killed.unwrap_or(false),
+            exit_code: state.exit_code,
+            demand: Demand {
+                cpu_millicores: (nano_cpus / NANO_CPUS_PER_MILLICORE).unsigned_abs(),
+                memory_mb: (memory_bytes / BYTES_PER_MIB).unsigned_abs(),
+            },
+        }
+    }
+}
+
+/// A sandbox container to make: one per session, locked down.
+#[derive(Debug, Clone, Copy)]
+pub struct SandboxContainer<'a> {
+    pub session_id: &'a SessionId,
+    pub node_id: &'a NodeId,
+    pub spec: &'a ContainerSpec,
+    /// The bridge network used for [`NetworkMode::SandboxNetwork`].
+    pub sandbox_network: &'a str,
+}
+
+impl SandboxContainer<'_> {
+    fn body(&self) -> ContainerCreateBody {
+        let name = self.session_id.container_name();
+        let resources = &self.spec.resources;
+        let memory_bytes = i64::try_from(resources.memory_mb)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(BYTES_PER_MIB);
+        let network_mode = match self.spec.network {
+            NetworkMode::None => "none".to_owned(),
+            NetworkMode::SandboxNetwork => self.sandbox_network.to_owned(),
+        };
+        ContainerCreateBody {
+            hostname: Some(name),
+            image: Some(self.spec.image.clone()),
+            env: Some(
+                self.spec
+                    .env
+                    .iter()
+                    .map(|(key, value)| format!("{key}={value}"))
+                    .collect(),
+            ),
+            labels: Some(HashMap::from([
+                (
+                    labels::SESSION_ID.to_owned(),
+                    self.session_id.as_str().to_owned(),
+                ),
+                (labels::NODE_ID.to_owned(), self.node_id.as_str().to_owned()),
+                (labels::MANAGED_BY.to_owned(), labels::MANAGER.to_owned()),
+            ])),
+            host_config: Some(HostConfig {
+                // `as` saturates; the request was checked to be a small positive number.
+                nano_cpus: Some((resources.cpu_cores * 1e9).round() as i64),
+                memory: Some(memory_bytes),
+                // Equal to memory: no swap on top of the limit.
+                memory_swap: Some(memory_bytes),
+                pids_limit: Some(i64::from(resources.pids_limit)),
+                cap_drop: Some(vec!["ALL".to_owned()]),
+                security_opt: Some(vec!["no-new-privileges".to_owned()]),
+                // A real PID 1 reaps zombies and forwards signals to the image's command.
+                init: Some(true),
+                privileged: Some(false),
+                network_mode: Some(network_mode),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// Whether `image` is a plain image reference (it is sent inside a URL path).
+pub fn is_image_reference(image: &str) -> bool {
+    !image.is_empty()
+        && image.len() <= 255
+        && image
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || IMAGE_REFERENCE_EXTRA_CHARS.contains(&c))
+}
+
+/// The local Docker engine.
+#[derive(Debug, Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+}
+
+impl DockerEngine {
+    /// Connects over the unix socket, agrees on an API version the engine speaks, and pings it.
+    pub async fn connect(socket: &str) -> Result<Self, DockerError> {
+        let action = || format!("connecting to Docker at {socket}");
+        let docker =
+            Docker::connect_with_unix(socket, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+                .map_err(DockerError::during(action()))?
+                .negotiate_version()
+                .await
+                .map_err(DockerError::during(action()))?;
+        docker.ping().await.map_err(DockerError::during(action()))?;
+        Ok(Self { docker })
+    }
+
+    pub async fn host_resources(&self) -> Result<HostResources, DockerError> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(DockerError::during("reading docker info"))?;
+        Ok(HostResources {
+            cpu_cores: info.ncpu.unwrap_or_default().max(0) as f64,
+            memory_mb: (info.mem_total.unwrap_or_default().max(0) / BYTES_PER_MIB).unsigned_abs(),
+        })
+    }
+
+    /// Makes the bridge network `name` unless it exists. Returns whether it was made.
+    pub async fn ensure_network(&self, name: &str) -> Result<bool, DockerError> {
+        let existing = self
+            .docker
+            .inspect_network(name, None)
+            .await
+            .map_err(DockerError::during(format!("inspecting network {name}")));
+        if found(existing)?.is_some() {
+            return Ok(false);
+        }
+        let request = NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".to_owned()),
+            labels: Some(HashMap::from([(
+                labels::MANAGED_BY.to_owned(),
+                labels::MANAGER.to_owned(),
+            )])),
+            ..Default::default()
+        };
+        self.docker
+            .create_network(request)
+            .await
+            .map_err(DockerError::during(format!("creating network {name}")))?;
+        Ok(true)
+    }
+
+    /// The `repo:tag` names of the local images (untagged ones left out).
+    pub async fn image_tags(&self) -> Result<Vec<String>, DockerError> {
+        let images = self
+            .docker
+            .list_images(Some(ListImagesOptionsBuilder::default().build()))
+            .await
+            .map_err(DockerError::during("listing images"))?;
+        let mut tags: Vec<String> = images
+            .into_iter()
+            .flat_map(|image| image.repo_tags)
+            .filter(|tag| tag != "<none>:<none>")
+            .collect();
+        tags.sort();
+        tags.dedup();
+        Ok(tags)
+    }
+
+    pub async fn has_image(&self, image: &str) -> Result<bool, DockerError> {
+        let inspected = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(DockerError::during(format!("inspecting image {image}")));
+        Ok(found(inspected)?.is_some())
+    }
+
+    /// Every container labelled as this node's, running or not.
+    pub async fn managed_containers(
+        &self,
+        node_id: &NodeId,
+    ) -> Result<Vec<ContainerFacts>, DockerError> {
+        let filters = HashMap::from([("label", vec![node_label(node_id)])]);
+        let summaries = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(DockerError::during("listing this node's containers"))?;
+        let mut containers = Vec::with_capacity(summaries.len());
+        for id in summaries.into_iter().filter_map(|summary| summary.id) {
+            // One removed since the listing is simply not there any more.
+            if let Some(facts) = self.inspect(&id).await? {
+                containers.push(facts);
+            }
+        }
+        Ok(containers)
+    }
+
+    /// The container named or numbered `container`, if it exists.
+    pub async fn inspect(&self, container: &str) -> Result<Option<ContainerFacts>, DockerError> {
+        let inspected = self
+            .docker
+            .inspect_container(container, None)
+            .await
+            .map_err(DockerError::during(format!(
+                "inspecting container {container}"
+            )));
+        Ok(found(inspected)?.map(ContainerFacts::from_inspect))
+    }
+
+    /// Makes (but does not start) the session's container; returns its id. A name already taken
+    /// is a [`DockerError::is_conflict`] error.
+    pub async fn create_sandbox(
+        &self,
+        sandbox: &SandboxContainer<'_>,
+    ) -> Result<String, DockerError> {
+        let name = sandbox.session_id.container_name();
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                sandbox.body(),
+            )
+            .await
+            .map_err(DockerError::during(format!("creating container {name}")))?;
+        Ok(created.id)
+    }
+
+    /// Starts a container; one already running is fine.
+    pub async fn start(&self, container: &str) -> Result<(), DockerError> {
+        self.docker
+            .start_container(container, None)
+            .await
+            .map_err(DockerError::during(format!(
+                "starting container {container}"
+            )))
+    }
+
+    /// Kills and deletes a container with its anonymous volumes. Returns whether it existed.
+    pub async fn remove(&self, container: &str) -> Result<bool, DockerError> {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        let removed = self
+            .docker
+            .remove_container(container, Some(options))
+            .await
+            .map_err(DockerError::during(format!(
+                "removing container {container}"
+            )));
+        Ok(found(removed)?.is_some())
+    }
+
+    /// The `die`, `oom` and `destroy` events of this node's containers, from `since` (Docker's
+    /// `<seconds>.<nanoseconds>` form) or from now.
+    pub fn container_events(
+        &self,
+        node_id: &NodeId,
+        since: Option<&str>,
+    ) -> impl Stream<Item = Result<EventMessage, DockerError>> + use<> {
+        let filters = HashMap::from([
+            ("type", vec!["container".to_owned()]),
+            ("label", vec![node_label(node_id)]),
+            (
+                "event",
+                vec!["die".to_owned(), "oom".to_owned(), "destroy".to_owned()],
+            ),
+        ]);
+        let mut options = EventsOptionsBuilder::default().filters(&filters);
+        if let Some(since) = since {
+            options = options.since(since);
+        }
+        self.docker
+            .events(Some(options.build()))
+            .map(|event| event.map_err(DockerError::during("following container events")))
+    }
+}
+
+/// Turns the engine's "no such object" into `None`.
+fn found<T>(result: Result<T, DockerError>) -> Result<Option<T>, DockerError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(error) if error.status == Some(404) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// The label filter that selects this node's containers.
+fn node_label(node_id: &NodeId) -> String {
+    format!("{}={node_id}", labels::NODE_ID)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use messages::session::Resources;
+
+    use super::*;
+
+    #[test]
+    fn sandbox_containers_are_locked_down() {
+        let session_id = SessionId::parse("s1").expect("valid");
+        let node_id = NodeId::parse("n1").expect("valid");
+        let spec = ContainerSpec {
+            image: "sandbox-executor:v1.0".to_owned(),
+            resources: Resources {
+                cpu_cores: 0.5,
+                memory_mb: 256,
+                pids_limit: 64,
+            },
+            network: NetworkMode::SandboxNetwork,
+            env: BTreeMap::from([("A".to_owned(), "1".to_owned())]),
+        };
+        let body = SandboxContainer {
+            session_id: &session_id,
+            node_id: &node_id,
+            spec: &spec,
+            sandbox_network: "net-x",
+        }
+        .body();
+        assert_eq!(body.hostname.as_deref(), Some("sandbox-s1"));
+        assert_eq!(body.env, Some(vec!["A=1".to_owned()]));
+        assert_eq!(body.cmd, None, "the image's own command is kept");
+        let host = body.host_config.expect("host config");
+        assert_eq!(host.nano_cpus, Some(500_000_000));
+        assert_eq!(host.memory, Some(256 * 1024 * 1024));
+        assert_eq!(host.memory_swap, host.memory);
+        assert_eq!(host.network_mode.as_deref(), Some("net-x"));
+        assert_eq!(host.binds, None);
+        assert_eq!(host.mounts, None);
+    }
+
+    #[test]
+    fn image_references_are_plain() {
+        assert!(is_image_reference("sandbox-executor:v1.0"));
+        assert!(is_image_reference("registry.local/team/image@sha256:abc"));
+        assert!(!is_image_reference(""));
+        assert!(!is_image_reference("image?x=1"));
+        assert!(!is_image_reference("image name"));
+    }
+}

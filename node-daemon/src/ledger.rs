@@ -1,0 +1,374 @@
+//! What this node has handed out, per session, and the admission rule that keeps it within its
+//! capacity. Pure bookkeeping: the caller holds it under one lock, so check-and-reserve is atomic.
+
+use std::collections::HashMap;
+
+use messages::SessionId;
+use messages::session::Resources;
+
+/// CPU is counted in thousandths of a core so that sums and comparisons are exact.
+const MILLICORES_PER_CORE: f64 = 1000.0;
+
+/// What this node offers to sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub max_containers: u32,
+    pub cpu_millicores: u64,
+    pub memory_mb: u64,
+}
+
+impl Capacity {
+    pub fn new(max_containers: u32, cpu_cores: f64, memory_mb: u64) -> Self {
+        Self {
+            max_containers,
+            cpu_millicores: millicores(cpu_cores),
+            memory_mb,
+        }
+    }
+}
+
+/// What one sandbox takes from the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Demand {
+    pub cpu_millicores: u64,
+    pub memory_mb: u64,
+}
+
+impl Demand {
+    pub fn of(resources: &Resources) -> Self {
+        Self {
+            cpu_millicores: millicores(resources.cpu_cores),
+            memory_mb: resources.memory_mb,
+        }
+    }
+}
+
+/// Whole cores to millicores; negative or not-a-number counts as nothing.
+fn millicores(cores: f64) -> u64 {
+    // `as` saturates: NaN and negatives become 0, huge values u64::MAX.
+    (cores * MILLICORES_PER_CORE).round() as u64
+}
+
+/// What is in use: sessions whose container runs or is being made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub containers: u32,
+    pub cpu_millicores: u64,
+    pub memory_mb: u64,
+}
+
+impl Usage {
+    pub fn cpu_cores(&self) -> f64 {
+        self.cpu_millicores as f64 / MILLICORES_PER_CORE
+    }
+}
+
+/// Why a session was not admitted; the message names the limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("node is at its container limit: {running} of max_containers {max} in use")]
+    Containers { running: u32, max: u32 },
+    #[error(
+        "not enough CPU: {} of {} cores allocated, {} requested",
+        cores(*allocated),
+        cores(*total),
+        cores(*requested)
+    )]
+    Cpu {
+        allocated: u64,
+        requested: u64,
+        total: u64,
+    },
+    #[error("not enough memory: {allocated} of {total} MiB allocated, {requested} MiB requested")]
+    Memory {
+        allocated: u64,
+        requested: u64,
+        total: u64,
+    },
+}
+
+fn cores(millicores: u64) -> f64 {
+    millicores as f64 / MILLICORES_PER_CORE
+}
+
+/// The outcome of an admission that succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// This call reserved the resources; whoever asked must mark the container running or
+    /// release the reservation.
+    Reserved,
+    /// The session already holds its resources (its container runs or another request is making
+    /// it); nothing was added.
+    AlreadyAllocated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Admitted; its container is being made or started.
+    Reserved,
+    Running,
+    /// Its container stopped but still exists; it holds nothing.
+    Exited,
+}
+
+#[derive(Debug, Clone)]
+struct Allocation {
+    container_id: Option<String>,
+    demand: Demand,
+    state: State,
+}
+
+impl Allocation {
+    fn holds_resources(&self) -> bool {
+        self.state != State::Exited
+    }
+
+    fn is_container(&self, container_id: &str) -> bool {
+        self.container_id.as_deref() == Some(container_id)
+    }
+}
+
+/// Allocations by session; a session has at most one container, so it is the key.
+#[derive(Debug)]
+pub struct Ledger {
+    capacity: Capacity,
+    allocations: HashMap<SessionId, Allocation>,
+}
+
+impl Ledger {
+    pub fn new(capacity: Capacity) -> Self {
+        Self {
+            capacity,
+            allocations: HashMap::new(),
+        }
+    }
+
+    /// Admits `session_id` if its demand fits next to what is already allocated, and reserves it.
+    pub fn admit(&mut self, session_id: &SessionId, demand: Demand) -> Result<Admission, Refusal> {
+        let existing = self.allocations.get(session_id);
+        if existing.is_some_and(Allocation::holds_resources) {
+            return Ok(Admission::AlreadyAllocated);
+        }
+        let usage = self.usage();
+        let capacity = self.capacity;
+        if usage.containers >= capacity.max_containers {
+            return Err(Refusal::Containers {
+                running: usage.containers,
+                max: capacity.max_containers,
+            });
+        }
+        if usage.cpu_millicores.saturating_add(demand.cpu_millicores) > capacity.cpu_millicores {
+            return Err(Refusal::Cpu {
+                allocated: usage.cpu_millicores,
+                requested: demand.cpu_millicores,
+                total: capacity.cpu_millicores,
+            });
+        }
+        if usage.memory_mb.saturating_add(demand.memory_mb) > capacity.memory_mb {
+            return Err(Refusal::Memory {
+                allocated: usage.memory_mb,
+                requested: demand.memory_mb,
+                total: capacity.memory_mb,
+            });
+        }
+        let container_id = existing.and_then(|allocation| allocation.container_id.clone());
+        self.allocations.insert(
+            session_id.clone(),
+            Allocation {
+                container_id,
+                demand,
+                state: State::Reserved,
+            },
+        );
+        Ok(Admission::Reserved)
+    }
+
+    /// Gives back a reservation whose container did not come to run. An existing container that
+    /// failed to restart stays known as exited.
+    pub fn release(&mut self, session_id: &SessionId) {
+        let Some(allocation) = self.allocations.get_mut(session_id) else {
+            return;
+        };
+        if allocation.state != State::Reserved {
+            return;
+        }
+        if allocation.container_id.is_some() {
+            allocation.state = State::Exited;
+        } else {
+            self.allocations.remove(session_id);
+        }
+    }
+
+    /// Records that the session's container runs, whether this node just started it or found it
+    /// running (at start-up, or on a repeated create).
+    pub fn mark_running(&mut self, session_id: &SessionId, container_id: &str, demand: Demand) {
+        self.allocations.insert(
+            session_id.clone(),
+            Allocation {
+                container_id: Some(container_id.to_owned()),
+                demand,
+                state: State::Running,
+            },
+        );
+    }
+
+    /// The session's running container stopped; its resources are free again.
+    pub fn mark_exited(&mut self, session_id: &SessionId, container_id: &str) {
+        if let Some(allocation) = self.allocations.get_mut(session_id)
+            && allocation.state == State::Running
+            && allocation.is_container(container_id)
+        {
+            allocation.state = State::Exited;
+        }
+    }
+
+    /// The session's container is gone. A reservation in progress (a newer create for the same
+    /// session) is left alone.
+    pub fn forget(&mut self, session_id: &SessionId, container_id: &str) {
+        if self.allocations.get(session_id).is_some_and(|allocation| {
+            allocation.state != State::Reserved && allocation.is_container(container_id)
+        }) {
+            self.allocations.remove(session_id);
+        }
+    }
+
+    /// Summed afresh each time, so no rounding or bookkeeping error can accumulate.
+    pub fn usage(&self) -> Usage {
+        self.allocations
+            .values()
+            .filter(|allocation| allocation.holds_resources())
+            .fold(Usage::default(), |usage, allocation| Usage {
+                containers: usage.containers.saturating_add(1),
+                cpu_millicores: usage
+                    .cpu_millicores
+                    .saturating_add(allocation.demand.cpu_millicores),
+                memory_mb: usage.memory_mb.saturating_add(allocation.demand.memory_mb),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: &str) -> SessionId {
+        SessionId::parse(id).expect("valid session id")
+    }
+
+    fn demand(cpu_cores: f64, memory_mb: u64) -> Demand {
+        Demand::of(&Resources {
+            cpu_cores,
+            memory_mb,
+            pids_limit: 64,
+        })
+    }
+
+    fn ledger(max_containers: u32, cpu_cores: f64, memory_mb: u64) -> Ledger {
+        Ledger::new(Capacity::new(max_containers, cpu_cores, memory_mb))
+    }
+
+    #[test]
+    fn admits_until_the_container_limit() {
+        let mut ledger = ledger(2, 8.0, 8192);
+        assert_eq!(
+            ledger.admit(&session("a"), demand(1.0, 256)),
+            Ok(Admission::Reserved)
+        );
+        assert_eq!(
+            ledger.admit(&session("b"), demand(1.0, 256)),
+            Ok(Admission::Reserved)
+        );
+        let refusal = ledger
+            .admit(&session("c"), demand(1.0, 256))
+            .expect_err("third container is over the limit");
+        assert_eq!(refusal, Refusal::Containers { running: 2, max: 2 });
+        assert!(refusal.to_string().contains("max_containers 2"));
+    }
+
+    #[test]
+    fn refuses_cpu_and_memory_beyond_the_total() {
+        let mut ledger = ledger(10, 2.0, 1024);
+        ledger.admit(&session("a"), demand(1.5, 512)).expect("fits");
+        let cpu = ledger
+            .admit(&session("b"), demand(1.0, 256))
+            .expect_err("cpu is short");
+        assert!(matches!(cpu, Refusal::Cpu { .. }));
+        assert!(cpu.to_string().contains("1.5 of 2 cores"), "{cpu}");
+        let memory = ledger
+            .admit(&session("b"), demand(0.5, 768))
+            .expect_err("memory is short");
+        assert!(matches!(memory, Refusal::Memory { .. }));
+        assert!(memory.to_string().contains("MiB"), "{memory}");
+        assert_eq!(
+            ledger.admit(&session("b"), demand(0.5, 512)),
+            Ok(Admission::Reserved),
+            "exactly the rest fits"
+        );
+    }
+
+    #[test]
+    fn fractional_cores_add_up_exactly() {
+        let mut ledger = ledger(10, 0.3, 1024);
+        for id in ["a", "b", "c"] {
+            assert_eq!(
+                ledger.admit(&session(id), demand(0.1, 1)),
+                Ok(Admission::Reserved)
+            );
+        }
+        assert_eq!(ledger.usage().cpu_millicores, 300);
+    }
+
+    #[test]
+    fn a_session_is_counted_once() {
+        let mut ledger = ledger(1, 1.0, 256);
+        ledger.admit(&session("a"), demand(1.0, 256)).expect("fits");
+        assert_eq!(
+            ledger.admit(&session("a"), demand(1.0, 256)),
+            Ok(Admission::AlreadyAllocated)
+        );
+        ledger.mark_running(&session("a"), "c1", demand(1.0, 256));
+        assert_eq!(
+            ledger.admit(&session("a"), demand(1.0, 256)),
+            Ok(Admission::AlreadyAllocated)
+        );
+        assert_eq!(ledger.usage().containers, 1);
+    }
+
+    #[test]
+    fn released_reservations_and_exited_containers_free_their_share() {
+        let mut ledger = ledger(1, 1.0, 256);
+        ledger.admit(&session("a"), demand(1.0, 256)).expect("fits");
+        ledger.release(&session("a"));
+        assert_eq!(ledger.usage(), Usage::default());
+
+        ledger
+            .admit(&session("b"), demand(1.0, 256))
+            .expect("fits after release");
+        ledger.mark_running(&session("b"), "c2", demand(1.0, 256));
+        ledger.mark_exited(&session("b"), "other-container");
+        assert_eq!(ledger.usage().containers, 1, "a stale id changes nothing");
+        ledger.mark_exited(&session("b"), "c2");
+        assert_eq!(ledger.usage(), Usage::default());
+
+        // Restarting the exited container needs admission again, and a failed restart leaves it
+        // exited rather than forgotten.
+        assert_eq!(
+            ledger.admit(&session("b"), demand(1.0, 256)),
+            Ok(Admission::Reserved)
+        );
+        ledger.release(&session("b"));
+        assert_eq!(ledger.usage(), Usage::default());
+        ledger.forget(&session("b"), "c2");
+        assert!(ledger.allocations.is_empty());
+    }
+
+    #[test]
+    fn forgetting_leaves_a_newer_reservation_alone() {
+        let mut ledger = ledger(5, 4.0, 4096);
+        ledger.mark_running(&session("a"), "old", demand(1.0, 256));
+        ledger.mark_exited(&session("a"), "old");
+        ledger.admit(&session("a"), demand(1.0, 256)).expect("fits");
+        ledger.forget(&session("a"), "old");
+        assert_eq!(ledger.usage().containers, 1);
+    }
+}

@@ -1,0 +1,638 @@
+//! The daemon against a real nats-server and the real Docker engine: each test runs its own
+//! daemon in-process under its own node id and network, and removes what it made.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use async_nats::Subscriber;
+use bollard::Docker;
+use bollard::query_parameters::{KillContainerOptionsBuilder, ListContainersOptionsBuilder};
+use futures::StreamExt as _;
+use messages::node::{
+    ContainerCreated, ContainerExited, ContainerReady, ContainerRemoved, CreateContainer,
+    DiscoverNodes, ExitReason, Heartbeat, NodeRegistration, NodeSelfStatus, RemoveContainer,
+};
+use messages::session::{ContainerSpec, NetworkMode, Resources};
+use messages::subjects::{self, NodeVerb};
+use messages::{ErrorBody, ErrorCode, NodeId, Reply, SessionId, labels};
+use node_daemon::{Config, Running};
+use sandbox_ops::testkit::{self, NatsServer};
+use serde::de::DeserializeOwned;
+use service_kit::bus::{self, BusError};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(15);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const MIB: i64 = 1024 * 1024;
+/// How long a daemon request still in flight when a test fails may take to finish.
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(3);
+
+/// Removes the test's containers and network when dropped, also when the test failed; on a
+/// thread of its own because the test's runtime may be shutting down.
+struct DockerCleanup {
+    node_id: String,
+    network: String,
+}
+
+impl Drop for DockerCleanup {
+    fn drop(&mut self) {
+        // A failed test may leave a create in flight in the daemon; a second pass catches the
+        // container it makes.
+        let passes = if std::thread::panicking() { 2 } else { 1 };
+        let node_id = self.node_id.clone();
+        let network = self.network.clone();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a cleanup runtime");
+            for pass in 1..=passes {
+                if pass > 1 {
+                    std::thread::sleep(IN_FLIGHT_GRACE);
+                }
+                if let Err(error) =
+                    runtime.block_on(testkit::remove_docker_objects(&node_id, &network))
+                {
+                    eprintln!("cleaning up {node_id}: {error:#}");
+                }
+            }
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// One daemon with its own nats-server, node id and network.
+struct Harness {
+    config: Config,
+    image: &'static str,
+    client: async_nats::Client,
+    docker: Docker,
+    cancel: CancellationToken,
+    running: Option<Running>,
+    _nats: NatsServer,
+    // Last, so the containers go after everything else is dropped.
+    _cleanup: DockerCleanup,
+}
+
+impl Harness {
+    /// Everything but the daemon, so a test can subscribe before it starts.
+    async fn new(adjust: impl FnOnce(&mut Config)) -> Self {
+        // The daemon's logs show with a failing test's output (RUST_LOG, default info).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_test_writer()
+            .try_init();
+        let image = testkit::ensure_test_image().expect("the test image is built");
+        let node_id = testkit::unique_name("nd");
+        let network = testkit::unique_name("nd-net");
+        let cleanup = DockerCleanup {
+            node_id: node_id.clone(),
+            network: network.clone(),
+        };
+        let nats = NatsServer::start().expect("nats-server starts");
+        let mut config = Config {
+            nats_url: nats.url(),
+            node_id: NodeId::parse(node_id).expect("a valid node id"),
+            docker_socket: "/var/run/docker.sock".to_owned(),
+            heartbeat_interval: Duration::from_millis(200),
+            network,
+            max_containers: 10,
+            cpu_cores: None,
+            memory_mb: None,
+            advertise_ip: None,
+            labels: BTreeMap::new(),
+        };
+        adjust(&mut config);
+        let client = async_nats::connect(nats.url())
+            .await
+            .expect("the test connects to NATS");
+        let docker = Docker::connect_with_unix_defaults()
+            .expect("docker socket")
+            .negotiate_version()
+            .await
+            .expect("docker answers");
+        Self {
+            config,
+            image,
+            client,
+            docker,
+            cancel: CancellationToken::new(),
+            running: None,
+            _nats: nats,
+            _cleanup: cleanup,
+        }
+    }
+
+    async fn started(adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut harness = Self::new(adjust).await;
+        harness.start().await;
+        harness
+    }
+
+    async fn start(&mut self) {
+        self.cancel = CancellationToken::new();
+        let running = node_daemon::start(self.config.clone(), self.cancel.clone())
+            .await
+            .expect("the daemon starts");
+        assert_eq!(running.node_id(), &self.config.node_id);
+        self.running = Some(running);
+    }
+
+    async fn stop(&mut self) {
+        self.cancel.cancel();
+        let running = self.running.take().expect("the daemon was started");
+        running.wait().await.expect("the daemon stops cleanly");
+    }
+
+    fn node_id(&self) -> &NodeId {
+        &self.config.node_id
+    }
+
+    async fn subscribe(&self, subject: impl Into<String>) -> Subscriber {
+        let subscriber = self
+            .client
+            .subscribe(subject.into())
+            .await
+            .expect("subscribed");
+        self.client.flush().await.expect("subscription registered");
+        subscriber
+    }
+
+    fn spec(&self, network: NetworkMode) -> ContainerSpec {
+        ContainerSpec {
+            image: self.image.to_owned(),
+            resources: Resources {
+                cpu_cores: 0.5,
+                memory_mb: 64,
+                pids_limit: 64,
+            },
+            network,
+            env: BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
+        }
+    }
+
+    async fn create_with(
+        &self,
+        session_id: &SessionId,
+        spec: ContainerSpec,
+    ) -> Result<ContainerCreated, BusError> {
+        let command = CreateContainer {
+            session_id: session_id.clone(),
+            spec,
+        };
+        bus::node_request(&self.client, self.node_id(), &command, REQUEST_TIMEOUT).await
+    }
+
+    async fn create(&self, session_id: &SessionId) -> ContainerCreated {
+        self.create_with(session_id, self.spec(NetworkMode::None))
+            .await
+            .expect("the container is created")
+    }
+
+    async fn remove(&self, session_id: &SessionId) -> ContainerRemoved {
+        let command = RemoveContainer {
+            session_id: session_id.clone(),
+        };
+        bus::node_request(&self.client, self.node_id(), &command, REQUEST_TIMEOUT)
+            .await
+            .expect("the remove is answered")
+    }
+
+    async fn inspect(&self, session_id: &SessionId) -> bollard::models::ContainerInspectResponse {
+        self.docker
+            .inspect_container(&session_id.container_name(), None)
+            .await
+            .expect("the container exists")
+    }
+
+    async fn containers_of(&self, session_id: &SessionId) -> usize {
+        let filters = HashMap::from([(
+            "label",
+            vec![format!("{}={session_id}", labels::SESSION_ID)],
+        )]);
+        self.docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .expect("containers listed")
+            .len()
+    }
+
+    /// The next heartbeat of this node sent after now.
+    async fn fresh_heartbeat(&self) -> Heartbeat {
+        let mut heartbeats = self.subscribe(subjects::heartbeat()).await;
+        let node_id = self.node_id().clone();
+        next_matching(&mut heartbeats, "a heartbeat", |beat: &Heartbeat| {
+            beat.node_id == node_id
+        })
+        .await
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn new_session() -> SessionId {
+    SessionId::parse(uuid::Uuid::now_v7().to_string()).expect("a uuid is a valid session id")
+}
+
+/// The next message on `subscriber` that decodes to a `T` that `wanted` accepts.
+async fn next_matching<T: DeserializeOwned>(
+    subscriber: &mut Subscriber,
+    what: &str,
+    mut wanted: impl FnMut(&T) -> bool,
+) -> T {
+    let found = tokio::time::timeout(WAIT, async {
+        while let Some(message) = subscriber.next().await {
+            let value: T = messages::decode(&message.payload).expect("the payload decodes");
+            if wanted(&value) {
+                return value;
+            }
+        }
+        panic!("the subscription for {what} ended");
+    });
+    found
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within {WAIT:?}"))
+}
+
+fn remote_error(result: Result<ContainerCreated, BusError>) -> ErrorBody {
+    match result {
+        Err(BusError::Remote(error)) => error,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_registers_heartbeats_answers_discovery_and_says_when_it_stops() {
+    let mut harness = Harness::new(|config| {
+        config.labels = BTreeMap::from([("zone".to_owned(), "test".to_owned())]);
+    })
+    .await;
+    let mut registrations = harness.subscribe(subjects::nodes_register()).await;
+    let mut heartbeats = harness.subscribe(subjects::heartbeat()).await;
+    harness.start().await;
+    let node_id = harness.node_id().clone();
+    let our_registration = |registration: &NodeRegistration| registration.node_id == node_id;
+    let our_heartbeat = |beat: &Heartbeat| beat.node_id == node_id;
+
+    let registration = next_matching(&mut registrations, "a registration", our_registration).await;
+    assert_eq!(registration.runtime_type, "docker");
+    assert_eq!(registration.api_endpoint, "unix:///var/run/docker.sock");
+    assert!(registration.total_cpu_cores > 0.0);
+    assert!(registration.total_memory_mb > 0);
+    assert_eq!(registration.max_containers, 10);
+    assert!(
+        registration
+            .cached_images
+            .iter()
+            .any(|image| image == harness.image),
+        "{:?}",
+        registration.cached_images
+    );
+    assert!(
+        !registration
+            .cached_images
+            .iter()
+            .any(|image| image == "<none>:<none>")
+    );
+    assert_eq!(
+        registration.labels.get("zone").map(String::as_str),
+        Some("test")
+    );
+    assert_eq!(registration.heartbeat_interval_ms, 200);
+    assert_eq!(registration.daemon_version, env!("CARGO_PKG_VERSION"));
+    assert!(!registration.hostname.is_empty());
+    assert!(registration.ip_address.parse::<std::net::IpAddr>().is_ok());
+
+    let first = next_matching(&mut heartbeats, "a heartbeat", our_heartbeat).await;
+    let second = next_matching(&mut heartbeats, "a second heartbeat", our_heartbeat).await;
+    assert_eq!(first.sequence, 1);
+    assert_eq!(second.sequence, 2);
+    assert_eq!(first.status, NodeSelfStatus::Online);
+    assert_eq!(first.running_containers, 0);
+    assert_eq!(first.allocated_memory_mb, 0);
+
+    for asked in [None, Some(node_id.clone())] {
+        bus::publish(
+            &harness.client,
+            subjects::nodes_discover(),
+            &DiscoverNodes { node_id: asked },
+        )
+        .await
+        .expect("discovery published");
+        let again = next_matching(
+            &mut registrations,
+            "a registration on discovery",
+            our_registration,
+        )
+        .await;
+        assert_eq!(again.started_at, registration.started_at);
+    }
+
+    harness.stop().await;
+    let last = next_matching(
+        &mut heartbeats,
+        "the stopping heartbeat",
+        |beat: &Heartbeat| beat.node_id == node_id && beat.status != NodeSelfStatus::Online,
+    )
+    .await;
+    assert_eq!(last.status, NodeSelfStatus::Stopping);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_makes_one_locked_down_container_per_session() {
+    let harness = Harness::started(|_| {}).await;
+    let mut ready = harness.subscribe(subjects::containers_ready()).await;
+    let session_id = new_session();
+
+    let created = harness.create(&session_id).await;
+    assert!(!created.existed);
+    assert_eq!(created.session_id, session_id);
+    assert_eq!(&created.node_id, harness.node_id());
+
+    let inspect = harness.inspect(&session_id).await;
+    assert_eq!(inspect.id.as_deref(), Some(created.container_id.as_str()));
+    assert_eq!(
+        inspect.name.as_deref(),
+        Some(format!("/sandbox-{session_id}").as_str())
+    );
+    assert_eq!(
+        inspect.state.as_ref().and_then(|state| state.running),
+        Some(true)
+    );
+    let config = inspect.config.expect("container config");
+    assert_eq!(config.hostname, Some(session_id.container_name()));
+    assert!(
+        config
+            .env
+            .unwrap_or_default()
+            .contains(&"GREETING=hello".to_owned())
+    );
+    let container_labels = config.labels.expect("labels");
+    assert_eq!(
+        container_labels.get(labels::SESSION_ID),
+        Some(&session_id.to_string())
+    );
+    assert_eq!(
+        container_labels.get(labels::NODE_ID),
+        Some(&harness.node_id().to_string())
+    );
+    assert_eq!(
+        container_labels.get(labels::MANAGED_BY).map(String::as_str),
+        Some(labels::MANAGER)
+    );
+    let host = inspect.host_config.expect("host config");
+    assert_eq!(host.nano_cpus, Some(500_000_000));
+    assert_eq!(host.memory, Some(64 * MIB));
+    assert_eq!(host.memory_swap, Some(64 * MIB));
+    assert_eq!(host.pids_limit, Some(64));
+    assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
+    assert_eq!(
+        host.security_opt,
+        Some(vec!["no-new-privileges".to_owned()])
+    );
+    assert_eq!(host.network_mode.as_deref(), Some("none"));
+    assert_eq!(host.init, Some(true));
+    assert_ne!(host.privileged, Some(true));
+    assert!(host.binds.unwrap_or_default().is_empty());
+
+    let announced: ContainerReady =
+        next_matching(&mut ready, "a ready container", |ready: &ContainerReady| {
+            ready.session_id == session_id
+        })
+        .await;
+    assert_eq!(announced.container_id, created.container_id);
+    assert_eq!(&announced.node_id, harness.node_id());
+
+    let again = harness.create(&session_id).await;
+    assert!(again.existed);
+    assert_eq!(again.container_id, created.container_id);
+
+    let heartbeat = harness.fresh_heartbeat().await;
+    assert_eq!(heartbeat.running_containers, 1);
+    assert!((heartbeat.allocated_cpu_cores - 0.5).abs() < 1e-9);
+    assert_eq!(heartbeat.allocated_memory_mb, 64);
+
+    let racing = new_session();
+    let (first, second) = tokio::join!(harness.create(&racing), harness.create(&racing));
+    assert_eq!(first.container_id, second.container_id);
+    assert_eq!(
+        [first.existed, second.existed]
+            .iter()
+            .filter(|existed| !**existed)
+            .count(),
+        1,
+        "exactly one of the racing creates made the container"
+    );
+    assert_eq!(harness.containers_of(&racing).await, 1);
+    assert_eq!(harness.fresh_heartbeat().await.running_containers, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sandbox_network_mode_joins_the_daemons_network() {
+    let harness = Harness::started(|_| {}).await;
+    let network = harness
+        .docker
+        .inspect_network(&harness.config.network, None)
+        .await
+        .expect("the daemon made the network");
+    assert_eq!(network.driver.as_deref(), Some("bridge"));
+    assert_eq!(
+        network
+            .labels
+            .unwrap_or_default()
+            .get(labels::MANAGED_BY)
+            .map(String::as_str),
+        Some(labels::MANAGER)
+    );
+
+    let session_id = new_session();
+    harness
+        .create_with(&session_id, harness.spec(NetworkMode::SandboxNetwork))
+        .await
+        .expect("the container is created");
+    let inspect = harness.inspect(&session_id).await;
+    assert_eq!(
+        inspect
+            .host_config
+            .and_then(|host| host.network_mode)
+            .as_deref(),
+        Some(harness.config.network.as_str())
+    );
+    let networks = inspect
+        .network_settings
+        .and_then(|settings| settings.networks)
+        .unwrap_or_default();
+    assert!(
+        networks.contains_key(&harness.config.network),
+        "{:?}",
+        networks.keys()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capacity_is_the_nodes_word() {
+    let harness = Harness::started(|config| {
+        config.max_containers = 1;
+        config.cpu_cores = Some(1.0);
+    })
+    .await;
+
+    let mut greedy = harness.spec(NetworkMode::None);
+    greedy.resources.cpu_cores = 2.0;
+    let session_id = new_session();
+    let refusal = remote_error(harness.create_with(&session_id, greedy).await);
+    assert_eq!(refusal.code, ErrorCode::Capacity);
+    assert!(refusal.message.contains("CPU"), "{}", refusal.message);
+    assert_eq!(harness.containers_of(&session_id).await, 0);
+
+    harness.create(&new_session()).await;
+    let second = new_session();
+    let refusal = remote_error(
+        harness
+            .create_with(&second, harness.spec(NetworkMode::None))
+            .await,
+    );
+    assert_eq!(refusal.code, ErrorCode::Capacity);
+    assert!(
+        refusal.message.contains("max_containers 1"),
+        "{}",
+        refusal.message
+    );
+    assert_eq!(harness.containers_of(&second).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_image_is_not_found_and_bad_input_is_invalid() {
+    let harness = Harness::started(|_| {}).await;
+
+    let mut spec = harness.spec(NetworkMode::None);
+    spec.image = "sandbox-no-such-image:0".to_owned();
+    let session_id = new_session();
+    let refusal = remote_error(harness.create_with(&session_id, spec).await);
+    assert_eq!(refusal.code, ErrorCode::NotFound);
+    assert!(
+        refusal.message.contains("sandbox-no-such-image:0"),
+        "{}",
+        refusal.message
+    );
+
+    let mut spec = harness.spec(NetworkMode::None);
+    spec.resources.cpu_cores = 0.0;
+    let refusal = remote_error(harness.create_with(&session_id, spec).await);
+    assert_eq!(refusal.code, ErrorCode::InvalidRequest);
+    assert_eq!(harness.containers_of(&session_id).await, 0);
+
+    for verb in NodeVerb::ALL {
+        let answer = harness
+            .client
+            .request(
+                subjects::node_command(harness.node_id(), verb),
+                "not messagepack".into(),
+            )
+            .await
+            .expect("the malformed request is answered");
+        let reply: Reply<ContainerCreated> =
+            messages::decode(&answer.payload).expect("the reply decodes");
+        match reply {
+            Reply::Error(error) => assert_eq!(error.code, ErrorCode::InvalidRequest, "{verb:?}"),
+            Reply::Ok(created) => panic!("a malformed {verb:?} succeeded: {created:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn remove_deletes_the_container_and_repeats_harmlessly() {
+    let harness = Harness::started(|_| {}).await;
+    let session_id = new_session();
+    harness.create(&session_id).await;
+
+    let removed = harness.remove(&session_id).await;
+    assert!(removed.removed);
+    assert_eq!(removed.session_id, session_id);
+    let gone = harness
+        .docker
+        .inspect_container(&session_id.container_name(), None)
+        .await;
+    assert!(
+        matches!(
+            gone,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404,
+                ..
+            })
+        ),
+        "{gone:?}"
+    );
+    assert_eq!(harness.fresh_heartbeat().await.running_containers, 0);
+
+    let again = harness.remove(&session_id).await;
+    assert!(!again.removed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_container_is_reported_exited() {
+    let harness = Harness::started(|_| {}).await;
+    let mut exits = harness.subscribe(subjects::containers_exited()).await;
+    let session_id = new_session();
+    let created = harness.create(&session_id).await;
+
+    harness
+        .docker
+        .kill_container(
+            &created.container_id,
+            Some(
+                KillContainerOptionsBuilder::default()
+                    .signal("KILL")
+                    .build(),
+            ),
+        )
+        .await
+        .expect("the container is killed");
+    let exited: ContainerExited =
+        next_matching(&mut exits, "the exit", |exited: &ContainerExited| {
+            exited.session_id == session_id
+        })
+        .await;
+    assert_eq!(exited.container_id, created.container_id);
+    assert_eq!(&exited.node_id, harness.node_id());
+    assert_eq!(exited.exit_code, Some(137));
+    assert_eq!(exited.reason, ExitReason::Killed);
+    assert_eq!(harness.fresh_heartbeat().await.running_containers, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allocations_survive_a_daemon_restart() {
+    let mut harness = Harness::started(|_| {}).await;
+    let session_id = new_session();
+    let created = harness.create(&session_id).await;
+    harness.stop().await;
+
+    let mut heartbeats = harness.subscribe(subjects::heartbeat()).await;
+    harness.start().await;
+    let node_id = harness.node_id().clone();
+    let heartbeat = next_matching(&mut heartbeats, "a heartbeat", |beat: &Heartbeat| {
+        beat.node_id == node_id
+    })
+    .await;
+    assert_eq!(
+        heartbeat.sequence, 1,
+        "a restarted daemon counts from 1 again"
+    );
+    assert_eq!(heartbeat.running_containers, 1);
+    assert_eq!(heartbeat.allocated_memory_mb, 64);
+    let again = harness.create(&session_id).await;
+    assert!(again.existed);
+    assert_eq!(again.container_id, created.container_id);
+}
