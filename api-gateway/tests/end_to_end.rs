@@ -114,10 +114,14 @@ async fn a_session_request_becomes_a_running_container_and_delete_removes_it() {
     assert_eq!(status, 200, "{deleted}");
     assert_eq!(deleted["status"], "terminated");
     assert!(deleted["ended_at"].is_string());
+    assert_eq!(deleted["failure_reason"], serde_json::Value::Null);
     let gone = docker().inspect_container(&container_id, None).await;
     assert!(gone.is_err(), "container still exists after delete");
+    // The exit that the removal caused is not mistaken for a crash.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, read) = system.get(&format!("/api/v1/sessions/{id}")).await;
     assert_eq!(read["status"], "terminated");
+    assert_eq!(read["failure_code"], serde_json::Value::Null, "{read}");
     // Deleting again is harmless.
     let (status, _) = system.delete(&format!("/api/v1/sessions/{id}")).await;
     assert_eq!(status, 200);

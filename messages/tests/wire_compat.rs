@@ -286,3 +286,15 @@ fn error_codes_parse_back_from_text() {
     );
     assert_eq!(ErrorCode::parse("nonsense"), ErrorCode::Unknown);
 }
+
+#[test]
+fn bytes_that_are_not_one_payload_are_refused() {
+    assert!(messages::codec::to_json(b"hello").is_err());
+    let mut bytes = encode(&GetSession {
+        session_id: session_id(),
+    })
+    .expect("encodes");
+    bytes.push(0xc0);
+    assert!(decode::<GetSession>(&bytes).is_err());
+    assert!(decode::<GetSession>(&[]).is_err());
+}

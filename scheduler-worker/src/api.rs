@@ -154,19 +154,28 @@ impl Scheduler {
         })
     }
 
-    /// Removes the session's container, then records it terminated. Deleting a terminated
-    /// session answers it as it is.
+    /// Records the session terminated, then removes its container. In that order: the
+    /// container's exit event that the removal causes must find the session already ended, or
+    /// a requested delete would read as a crash. Deleting again retries the removal.
     async fn api_delete_session(&self, request: DeleteSession) -> Result<Session, ErrorBody> {
         let id = &request.session_id;
-        let session = self
+        let from = [
+            SessionStatus::Pending,
+            SessionStatus::Creating,
+            SessionStatus::Running,
+            SessionStatus::Failed,
+        ];
+        let (session, changed) = self
             .store
-            .get_session(id)
+            .transition(id, &from, &Transition::to(SessionStatus::Terminated))
             .await
             .map_err(internal)?
             .ok_or_else(|| session_not_found(id))?;
-        if session.status == SessionStatus::Terminated {
-            return Ok(session);
+        if changed {
+            self.announce(&session).await;
         }
+        // A session still being placed has no container yet; placement removes the one it
+        // makes once it finds the session terminated.
         if let Some(node) = &session.runtime_node {
             let command = RemoveContainer {
                 session_id: id.clone(),
@@ -175,25 +184,12 @@ impl Scheduler {
                 Ok(_) => {}
                 Err(BusError::Remote(error)) => return Err(error),
                 // A node that is gone cannot be asked; its containers are reconciled when it
-                // comes back. The session ends now either way.
+                // comes back. The session has ended either way.
                 Err(error) => {
                     tracing::warn!(session_id = %id, %node, %error, "node unreachable while deleting");
                 }
             }
         }
-        let from = [
-            SessionStatus::Pending,
-            SessionStatus::Creating,
-            SessionStatus::Running,
-            SessionStatus::Failed,
-        ];
-        let (session, _) = self
-            .store
-            .transition(id, &from, &Transition::to(SessionStatus::Terminated))
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| session_not_found(id))?;
-        self.announce(&session).await;
         Ok(session)
     }
 

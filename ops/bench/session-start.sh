@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Measures how long a sandbox takes to start through the control plane, against a plain
+# `docker run -d` of the same image with the same limits, in the same run (the machines are
+# noisy, so the ratio is the figure to read).
+#
+# Needs the system up (ops/up.sh). Knobs:
+#   SANDBOX_URL   the gateway (default http://127.0.0.1:8000)
+#   RUNS          samples of each (default 20)
+#   TEMPLATE      template to start (default python-basic)
+set -euo pipefail
+
+url=${SANDBOX_URL:-http://127.0.0.1:8000}
+runs=${RUNS:-20}
+template=${TEMPLATE:-python-basic}
+image=sandbox-executor:v1.0
+
+for tool in curl jq docker; do
+  command -v "$tool" >/dev/null || { echo "needs $tool (run ops/install-deps.sh)" >&2; exit 1; }
+done
+curl -fsS "$url/healthz" >/dev/null || { echo "no gateway at $url: run ops/up.sh first" >&2; exit 1; }
+
+ours=() baseline=()
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+for ((i = 1; i <= runs; i++)); do
+  # Through the control plane: HTTP request to a running container with its id recorded.
+  start=$(now_ms)
+  body=$(curl -fsS -X POST "$url/api/v1/sessions" -H 'Content-Type: application/json' \
+    -d "{\"template_id\": \"$template\"}")
+  ours+=($(( $(now_ms) - start )))
+  id=$(jq -r .id <<<"$body")
+  curl -fsS -X DELETE "$url/api/v1/sessions/$id" >/dev/null
+
+  # Plain Docker, the same isolation settings the node daemon applies.
+  start=$(now_ms)
+  cid=$(docker run -d --init --network none --cap-drop ALL --security-opt no-new-privileges \
+    --memory 512m --memory-swap 512m --cpus 1 --pids-limit 256 "$image")
+  baseline+=($(( $(now_ms) - start )))
+  docker rm -f "$cid" >/dev/null
+done
+
+percentile() { # percentile P values...
+  local p=$1; shift
+  printf '%s\n' "$@" | sort -n | awk -v p="$p" '{v[NR]=$1} END {i=int((NR*p+99)/100); if (i<1) i=1; print v[i]}'
+}
+ours_p50=$(percentile 50 "${ours[@]}"); base_p50=$(percentile 50 "${baseline[@]}")
+printf '%-34s %8s %8s %8s\n' "start of a sandbox ($runs runs)" p50_ms p95_ms max_ms
+printf '%-34s %8s %8s %8s\n' "POST /api/v1/sessions (running)" "$ours_p50" \
+  "$(percentile 95 "${ours[@]}")" "$(percentile 100 "${ours[@]}")"
+printf '%-34s %8s %8s %8s\n' "docker run -d (same image, limits)" "$base_p50" \
+  "$(percentile 95 "${baseline[@]}")" "$(percentile 100 "${baseline[@]}")"
+awk -v a="$ours_p50" -v b="$base_p50" 'BEGIN {printf "ratio of p50s (ours / docker run): %.2f\n", a / b}'

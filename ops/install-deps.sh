@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Installs, from Debian's packages, the programs the control plane and its tests need and that
+# this machine lacks: nats-server, PostgreSQL's server (tests start private clusters with its
+# initdb), debootstrap and busybox-static (image builds), curl, jq, sqlite3, ca-certificates and
+# a C compiler for crates that build C. Only missing packages are installed and `apt-get update`
+# runs at most once, only when something is missing; with everything present it takes well
+# under a second and needs no root.
+#
+# When it installs PostgreSQL it stops the distribution's default cluster, so nothing is left
+# holding port 5432 (the project never uses that cluster).
+#
+# Docker is not installed here: the engine must already run (apt-get install docker.io).
+#
+# Usage: ops/install-deps.sh
+# Env:   none besides the usual apt ones; runs apt with DEBIAN_FRONTEND=noninteractive.
+set -euo pipefail
+# shellcheck source=ops/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# package:command pairs; the command (if given) must be on PATH as well.
+REQUIRED=(
+    nats-server:nats-server
+    postgresql:
+    debootstrap:debootstrap
+    busybox-static:
+    curl:curl
+    jq:jq
+    sqlite3:sqlite3
+    ca-certificates:
+)
+
+postgres_installed() {
+    package_installed postgresql && compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
+
+missing=()
+for entry in "${REQUIRED[@]}"; do
+    package="${entry%%:*}" cmd="${entry#*:}"
+    if [[ "$package" == postgresql ]]; then
+        postgres_installed || missing+=("$package")
+    elif ! package_installed "$package" || { [[ -n "$cmd" ]] && ! command -v "$cmd" >/dev/null 2>&1; }; then
+        missing+=("$package")
+    fi
+done
+# busybox-static owns /bin/busybox; the test image copies that very file.
+if [[ ! -x /bin/busybox ]] && [[ " ${missing[*]} " != *" busybox-static "* ]]; then
+    missing+=(busybox-static)
+fi
+if ! command -v cc >/dev/null 2>&1; then
+    missing+=(gcc libc6-dev)
+fi
+
+if ((${#missing[@]} == 0)); then
+    info "all dependencies present"
+else
+    require_root "installing ${missing[*]}"
+    require_cmd apt-get "this script supports Debian (bookworm) only"
+    export DEBIAN_FRONTEND=noninteractive
+    new_postgres=false
+    [[ " ${missing[*]} " == *" postgresql "* ]] && new_postgres=true
+
+    run_step "apt-get update" apt-get update -q ||
+        die "apt-get update failed: check /etc/apt/sources.list.d and the network to the Debian mirror"
+    run_step "apt-get install ${missing[*]}" \
+        apt-get install -y -q -o Dpkg::Use-Pty=0 --no-install-recommends "${missing[@]}" </dev/null ||
+        die "apt-get install ${missing[*]} failed (see above)"
+
+    if $new_postgres; then
+        # The package may have started its default cluster; the project starts its own.
+        if [[ -d /run/systemd/system ]]; then
+            systemctl disable --now postgresql.service >/dev/null 2>&1 || true
+        fi
+        if command -v pg_lsclusters >/dev/null 2>&1; then
+            while read -r version cluster _port status _; do
+                if [[ "$status" == online* ]]; then
+                    info "stopping PostgreSQL's default cluster $version/$cluster"
+                    pg_ctlcluster "$version" "$cluster" stop || warn "could not stop $version/$cluster"
+                fi
+            done < <(pg_lsclusters --no-header 2>/dev/null || true)
+        fi
+    fi
+fi
+
+if ! command -v docker >/dev/null 2>&1; then
+    warn "docker is not installed; the services and tests need a running Docker engine (apt-get install docker.io)"
+fi
