@@ -7,7 +7,8 @@
 # under a second and needs no root.
 #
 # When it installs PostgreSQL it stops the distribution's default cluster, so nothing is left
-# holding port 5432 (the project never uses that cluster).
+# holding port 5432 (the project never uses that cluster); likewise the nats-server service the
+# Debian package starts on 4222 (without JetStream) is disabled.
 #
 # Docker is not installed here: the engine must already run (apt-get install docker.io).
 #
@@ -58,6 +59,8 @@ else
     export DEBIAN_FRONTEND=noninteractive
     new_postgres=false
     [[ " ${missing[*]} " == *" postgresql "* ]] && new_postgres=true
+    new_nats=false
+    [[ " ${missing[*]} " == *" nats-server "* ]] && new_nats=true
 
     run_step "apt-get update" apt-get update -q ||
         die "apt-get update failed: check /etc/apt/sources.list.d and the network to the Debian mirror"
@@ -65,6 +68,12 @@ else
         apt-get install -y -q -o Dpkg::Use-Pty=0 --no-install-recommends "${missing[@]}" </dev/null ||
         die "apt-get install ${missing[*]} failed (see above)"
 
+    if $new_nats && [[ -d /run/systemd/system ]]; then
+        # The package starts its own server on 4222 without JetStream; ops/up.sh runs one with
+        # JetStream and its own store, and tests start private ones.
+        info "disabling the nats-server service the package started"
+        systemctl disable --now nats-server.service >/dev/null 2>&1 || warn "could not stop nats-server.service"
+    fi
     if $new_postgres; then
         # The package may have started its default cluster; the project starts its own.
         if [[ -d /run/systemd/system ]]; then

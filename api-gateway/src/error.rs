@@ -115,11 +115,21 @@ impl From<BusError> for ApiError {
     fn from(error: BusError) -> Self {
         match error {
             BusError::Remote(body) => body.into(),
-            BusError::NoResponders { .. } | BusError::Timeout { .. } => {
-                tracing::warn!(error = %error, "no scheduler answered");
+            BusError::NoResponders { .. } => {
+                tracing::warn!(error = %error, "no scheduler is running");
                 Self::from_code(
                     ErrorCode::Unavailable,
                     "no scheduler is answering; try again shortly",
+                )
+            }
+            // A scheduler took the request but is slow: it may still finish it.
+            BusError::Timeout { after, .. } => {
+                tracing::warn!(error = %error, "a scheduler did not answer in time");
+                Self::from_code(
+                    ErrorCode::Timeout,
+                    format!(
+                        "no answer from the scheduler within {after:?}; the request may still complete"
+                    ),
                 )
             }
             BusError::Publish { .. } | BusError::Request { .. } => {

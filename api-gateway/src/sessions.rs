@@ -8,11 +8,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::StreamExt as _;
-use messages::api::{DeleteSession, GetSession, GetTemplate, ListSessions, SessionPage};
+use messages::api::{
+    ApiRequest, DeleteSession, GetSession, GetTemplate, ListSessions, SessionPage,
+};
 use messages::headers::MSG_ID;
-use messages::session::{CreateSession, Session, SessionStatus, Template};
+use messages::session::{CreateSession, Session, SessionStatus};
 use messages::{ErrorCode, SessionId, subjects};
 use serde::Deserialize;
 use service_kit::bus::{self, BusError};
@@ -156,7 +158,7 @@ pub(crate) async fn create(
     match status_updates {
         None => Ok(session_response(
             StatusCode::ACCEPTED,
-            pending_session(session_id, template, requested_at),
+            Session::pending(session_id, &template, requested_at),
         )),
         Some(updates) => {
             let session = wait_until_settled(&state, &session_id, updates).await?;
@@ -261,26 +263,6 @@ fn still_placing(session_id: &SessionId) -> ApiError {
     .for_session(session_id)
 }
 
-/// What a create without waiting answers: the session as the scheduler will first record it.
-fn pending_session(id: SessionId, template: Template, now: DateTime<Utc>) -> Session {
-    Session {
-        id,
-        template_id: template.id,
-        status: SessionStatus::Pending,
-        runtime_node: None,
-        container_id: None,
-        image: template.image_url,
-        resources: template.resources,
-        network: template.network,
-        failure_code: None,
-        failure_reason: None,
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        ended_at: None,
-    }
-}
-
 fn session_response(status: StatusCode, session: Session) -> Response {
     let location = format!("/api/v1/sessions/{}", session.id);
     (status, [(header::LOCATION, location)], Json(session)).into_response()
@@ -326,16 +308,7 @@ pub(crate) async fn get(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Session>, ApiError> {
-    // An id that is not a valid session id names no session.
-    let session_id =
-        SessionId::parse(id.as_str()).map_err(|_| ApiError::not_found("session", &id))?;
-    let answer = bus::api_request(
-        &state.nats,
-        &GetSession { session_id },
-        state.request_timeout,
-    )
-    .await;
-    Ok(Json(ApiError::found("session", &id, answer)?))
+    ask_about_session(&state, &id, |session_id| GetSession { session_id }).await
 }
 
 /// `DELETE /api/v1/sessions/{id}`: ends the session and answers it as terminated.
@@ -344,15 +317,19 @@ pub(crate) async fn delete(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Session>, ApiError> {
-    let session_id =
-        SessionId::parse(id.as_str()).map_err(|_| ApiError::not_found("session", &id))?;
-    let answer = bus::api_request(
-        &state.nats,
-        &DeleteSession { session_id },
-        state.request_timeout,
-    )
-    .await;
-    Ok(Json(ApiError::found("session", &id, answer)?))
+    ask_about_session(&state, &id, |session_id| DeleteSession { session_id }).await
+}
+
+/// Sends a request about one session to the schedulers. An id that is not a valid session id
+/// names no session: 404 without asking.
+async fn ask_about_session<R: ApiRequest<Response = Session>>(
+    state: &AppState,
+    id: &str,
+    request: impl FnOnce(SessionId) -> R,
+) -> Result<Json<Session>, ApiError> {
+    let session_id = SessionId::parse(id).map_err(|_| ApiError::not_found("session", id))?;
+    let answer = bus::api_request(&state.nats, &request(session_id), state.request_timeout).await;
+    Ok(Json(ApiError::found("session", id, answer)?))
 }
 
 #[cfg(test)]

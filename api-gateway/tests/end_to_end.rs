@@ -3,27 +3,16 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use bollard::query_parameters::ListContainersOptionsBuilder;
 use common::{System, docker, require_executor_image};
 use messages::session::{CreateSession, NO_HEALTHY_NODES};
 use messages::{SessionId, labels, subjects};
+use sandbox_ops::testkit;
 use serde_json::json;
 
 async fn containers_of_session(session_id: &str) -> Vec<bollard::models::ContainerSummary> {
-    let filters = HashMap::from([(
-        "label".to_owned(),
-        vec![format!("{}={session_id}", labels::SESSION_ID)],
-    )]);
-    docker()
-        .list_containers(Some(
-            ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
+    testkit::containers_labelled(labels::SESSION_ID, session_id)
         .await
         .expect("containers listed")
 }
@@ -208,16 +197,7 @@ async fn bad_requests_change_nothing() {
     let (status, page) = system.get("/api/v1/sessions").await;
     assert_eq!(status, 200);
     assert_eq!(page["total"], 0, "a bad request recorded a session: {page}");
-    let managed = docker()
-        .list_containers(Some(
-            ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&HashMap::from([(
-                    "label".to_owned(),
-                    vec![format!("{}={}", labels::NODE_ID, system.node_ids[0])],
-                )]))
-                .build(),
-        ))
+    let managed = testkit::containers_labelled(labels::NODE_ID, &system.node_ids[0])
         .await
         .expect("containers listed");
     assert!(managed.is_empty(), "a bad request made a container");

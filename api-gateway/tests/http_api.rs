@@ -293,23 +293,9 @@ fn template() -> Template {
 
 /// A session as a scheduler would announce it.
 fn announced(id: &SessionId, status: SessionStatus) -> Session {
-    let now = chrono::Utc::now();
-    let template = template();
     Session {
-        id: id.clone(),
-        template_id: template.id,
         status,
-        runtime_node: None,
-        container_id: None,
-        image: template.image_url,
-        resources: template.resources,
-        network: template.network,
-        failure_code: None,
-        failure_reason: None,
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        ended_at: None,
+        ..Session::pending(id.clone(), &template(), chrono::Utc::now())
     }
 }
 

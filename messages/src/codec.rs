@@ -1,7 +1,7 @@
 //! MessagePack with field names: a payload is a map, so fields can be added without breaking
 //! older readers.
 
-use serde::{Deserialize as _, Serialize, de::DeserializeOwned};
+use serde::{Serialize, de::DeserializeOwned};
 
 /// A payload could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]

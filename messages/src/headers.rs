@@ -1,6 +1,7 @@
 //! Header names every message carries.
 
-/// The schema version of the payload; a reader logs and drops what it cannot understand.
+/// The schema version of the payload. Within one version fields are only ever added, and
+/// readers ignore what they do not know; a new version marks a change they could not ignore.
 pub const SCHEMA_VERSION_HEADER: &str = "Sandbox-Schema-Version";
 
 /// This build's schema version. Raise it only for a change an older reader cannot ignore.

@@ -177,6 +177,29 @@ pub struct Session {
     pub ended_at: Option<DateTime<Utc>>,
 }
 
+impl Session {
+    /// A session as first recorded: accepted, its image and limits taken from `template`, no
+    /// node yet.
+    pub fn pending(id: SessionId, template: &Template, at: DateTime<Utc>) -> Self {
+        Session {
+            id,
+            template_id: template.id.clone(),
+            status: SessionStatus::Pending,
+            runtime_node: None,
+            container_id: None,
+            image: template.image_url.clone(),
+            resources: template.resources,
+            network: template.network,
+            failure_code: None,
+            failure_reason: None,
+            created_at: at,
+            updated_at: at,
+            started_at: None,
+            ended_at: None,
+        }
+    }
+}
+
 /// On `sessions.create` (JetStream, `Nats-Msg-Id` = the session id): make this session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreateSession {

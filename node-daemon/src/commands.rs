@@ -35,12 +35,19 @@ pub(crate) trait Command: NodeCommand<Response: Send + Sync> + Send + 'static {
     /// The span the handling runs in, made a child of the requester's trace.
     fn span(&self) -> tracing::Span;
 
+    /// The session the command is about; one session's commands run one at a time.
+    fn session_id(&self) -> &SessionId;
+
     fn run(self, node: &Node) -> impl Future<Output = Result<Self::Response, ErrorBody>> + Send;
 }
 
 impl Command for CreateContainer {
     fn span(&self) -> tracing::Span {
         tracing::info_span!("node.create_container", session_id = %self.session_id)
+    }
+
+    fn session_id(&self) -> &SessionId {
+        &self.session_id
     }
 
     async fn run(self, node: &Node) -> Result<ContainerCreated, ErrorBody> {
@@ -51,6 +58,10 @@ impl Command for CreateContainer {
 impl Command for RemoveContainer {
     fn span(&self) -> tracing::Span {
         tracing::info_span!("node.remove_container", session_id = %self.session_id)
+    }
+
+    fn session_id(&self) -> &SessionId {
+        &self.session_id
     }
 
     async fn run(self, node: &Node) -> Result<ContainerRemoved, ErrorBody> {
@@ -109,6 +120,7 @@ async fn answer<C: Command>(node: Arc<Node>, message: Message) {
             let span = command.span();
             bus::adopt_remote_parent(&span, message.headers.as_ref());
             async {
+                let _one_at_a_time = node.lock_session(command.session_id()).await;
                 let reply = Reply::from(command.run(&node).await);
                 if let Reply::Error(error) = &reply {
                     tracing::warn!(%error, "command refused");

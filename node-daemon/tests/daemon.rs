@@ -1,12 +1,12 @@
 //! The daemon against a real nats-server and the real Docker engine: each test runs its own
 //! daemon in-process under its own node id and network, and removes what it made.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::Subscriber;
 use bollard::Docker;
-use bollard::query_parameters::{KillContainerOptionsBuilder, ListContainersOptionsBuilder};
+use bollard::query_parameters::KillContainerOptionsBuilder;
 use futures::StreamExt as _;
 use messages::node::{
     ContainerCreated, ContainerExited, ContainerReady, ContainerRemoved, CreateContainer,
@@ -209,17 +209,7 @@ impl Harness {
     }
 
     async fn containers_of(&self, session_id: &SessionId) -> usize {
-        let filters = HashMap::from([(
-            "label",
-            vec![format!("{}={session_id}", labels::SESSION_ID)],
-        )]);
-        self.docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::default()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
+        testkit::containers_labelled(labels::SESSION_ID, session_id.as_str())
             .await
             .expect("containers listed")
             .len()

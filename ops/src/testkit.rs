@@ -218,33 +218,30 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos:x}", std::process::id())
 }
 
+/// Every container, running or not, whose `label` is `value` (see `messages::labels`).
+pub async fn containers_labelled(
+    label: &str,
+    value: &str,
+) -> anyhow::Result<Vec<bollard::models::ContainerSummary>> {
+    use bollard::query_parameters::ListContainersOptionsBuilder;
+    let docker = bollard::Docker::connect_with_local_defaults()?;
+    let filters = std::collections::HashMap::from([("label", vec![format!("{label}={value}")])]);
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    Ok(docker.list_containers(Some(options)).await?)
+}
+
 /// Removes every container labelled with `node_id` and the network `network`, so a test leaves
 /// no Docker objects behind even when it failed half-way.
 pub async fn remove_docker_objects(node_id: &str, network: &str) -> anyhow::Result<()> {
-    use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
-    use std::collections::HashMap;
-
+    use bollard::query_parameters::RemoveContainerOptionsBuilder;
     let docker = bollard::Docker::connect_with_local_defaults()?;
-    let filters = HashMap::from([(
-        "label".to_owned(),
-        vec![format!("{}={node_id}", messages::labels::NODE_ID)],
-    )]);
-    let containers = docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await?;
-    for container in containers {
+    for container in containers_labelled(messages::labels::NODE_ID, node_id).await? {
         if let Some(id) = container.id {
-            let _ = docker
-                .remove_container(
-                    &id,
-                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-                )
-                .await;
+            let options = RemoveContainerOptionsBuilder::default().force(true).build();
+            let _ = docker.remove_container(&id, Some(options)).await;
         }
     }
     let _ = docker.remove_network(network).await;

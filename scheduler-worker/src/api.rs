@@ -180,7 +180,7 @@ impl Scheduler {
             let command = RemoveContainer {
                 session_id: id.clone(),
             };
-            match bus::node_request(&self.nats, node, &command, self.config.node_timeout).await {
+            match bus::node_request(&self.nats, node, &command, self.config.remove_timeout).await {
                 Ok(_) => {}
                 Err(BusError::Remote(error)) => return Err(error),
                 // A node that is gone cannot be asked; its containers are reconciled when it

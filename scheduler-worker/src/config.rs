@@ -29,6 +29,11 @@ pub struct Config {
     #[arg(long, env = "SCHEDULER_NODE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub node_timeout: Duration,
 
+    /// How long a node may take to remove a container. A DELETE waits for it, so keep it below
+    /// the gateway's API_GATEWAY_REQUEST_TIMEOUT (10 s by default).
+    #[arg(long, env = "SCHEDULER_REMOVE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub remove_timeout: Duration,
+
     /// How long a taken request may go unacknowledged before JetStream hands it to another
     /// replica; work in progress extends it.
     #[arg(long, env = "SCHEDULER_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]

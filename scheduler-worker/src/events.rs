@@ -206,8 +206,18 @@ pub async fn run_recorder(
     }
 }
 
-/// The seed's container-ready signal: the session runs, even if the create reply was lost.
+/// The seed's container-ready signal: the session runs, even if the create reply was lost. A
+/// signal from a node the session is not on is a container left by an abandoned attempt (a node
+/// that answered too late): it is removed.
 async fn container_ready(scheduler: &Scheduler, event: ContainerReady) {
+    let Some(session) = session_of(scheduler, &event.session_id).await else {
+        return;
+    };
+    if session.runtime_node.as_ref() != Some(&event.node_id) {
+        tracing::warn!(session_id = %session.id, node = %event.node_id, "removing a container the session does not use");
+        scheduler.remove_in_background(event.node_id, event.session_id);
+        return;
+    }
     let transition = Transition::running(event.node_id.clone(), event.container_id.clone());
     let from = [SessionStatus::Pending, SessionStatus::Creating];
     match scheduler
@@ -224,21 +234,18 @@ async fn container_ready(scheduler: &Scheduler, event: ContainerReady) {
 }
 
 /// A sandbox stopped by itself (or was killed): its session fails with the reason, and the dead
-/// container is removed.
+/// container is removed. Exits of containers the session does not use (on another node, or
+/// replaced) change nothing.
 async fn container_exited(scheduler: &Scheduler, event: ContainerExited) {
-    let session = match scheduler.store.get_session(&event.session_id).await {
-        Ok(Some(session)) => session,
-        Ok(None) => return,
-        Err(error) => {
-            tracing::warn!(session_id = %event.session_id, %error, "could not read session");
-            return;
-        }
+    let Some(session) = session_of(scheduler, &event.session_id).await else {
+        return;
     };
-    let same_container = session
-        .container_id
-        .as_ref()
-        .is_none_or(|id| *id == event.container_id);
-    if !same_container {
+    let its_container = session.runtime_node.as_ref() == Some(&event.node_id)
+        && session
+            .container_id
+            .as_ref()
+            .is_none_or(|id| *id == event.container_id);
+    if !its_container {
         return;
     }
     let code = event
@@ -263,6 +270,19 @@ async fn container_exited(scheduler: &Scheduler, event: ContainerExited) {
         Ok(_) => {}
         Err(error) => {
             tracing::warn!(session_id = %event.session_id, %error, "could not record container exit");
+        }
+    }
+}
+
+async fn session_of(
+    scheduler: &Scheduler,
+    id: &messages::SessionId,
+) -> Option<messages::session::Session> {
+    match scheduler.store.get_session(id).await {
+        Ok(session) => session,
+        Err(error) => {
+            tracing::warn!(session_id = %id, %error, "could not read session");
+            None
         }
     }
 }

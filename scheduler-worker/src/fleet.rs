@@ -173,6 +173,8 @@ impl Fleet {
                 },
                 self_status: match record.status.as_str() {
                     "draining" => NodeSelfStatus::Draining,
+                    // It said it stopped: no placements until it is heard from again.
+                    "offline" => NodeSelfStatus::Stopping,
                     _ => NodeSelfStatus::Online,
                 },
                 reservations: HashMap::new(),
@@ -187,15 +189,24 @@ impl Fleet {
         }
     }
 
-    /// A node announced itself: (re)start its record, keeping this replica's reservations.
+    /// A node announced itself. The same daemon announcing again (asked to by a discover
+    /// request) keeps its figures; a new or restarted daemon starts afresh, and the containers
+    /// this replica saw it confirm are gone with the old process.
     pub fn register(&mut self, registration: NodeRegistration, now: Instant) {
         let node_id = registration.node_id.clone();
-        let reservations = self
+        if let Some(node) = self.nodes.get_mut(&node_id)
+            && node.registration.started_at == registration.started_at
+        {
+            node.registration = registration;
+            node.last_seen = Some(now);
+            return;
+        }
+        let mut reservations = self
             .nodes
             .remove(&node_id)
             .map(|old| old.reservations)
             .unwrap_or_default();
-        let announced = NodeHealth::Offline;
+        reservations.retain(|_, reservation| reservation.confirmed_at_sequence.is_none());
         self.nodes.insert(
             node_id,
             NodeState {
@@ -206,10 +217,22 @@ impl Fleet {
                 reported: Usage::default(),
                 self_status: NodeSelfStatus::Online,
                 reservations,
-                announced,
+                announced: NodeHealth::Offline,
                 registration,
             },
         );
+    }
+
+    /// How long a replica that just started should listen before placing: long enough for the
+    /// nodes it remembers to be heard from again (one heartbeat interval, at most 5 s); nothing
+    /// when it remembers none.
+    pub fn settle_time(&self) -> Duration {
+        self.nodes
+            .values()
+            .map(NodeState::interval)
+            .max()
+            .unwrap_or_default()
+            .min(Duration::from_secs(5))
     }
 
     pub fn heartbeat(&mut self, heartbeat: &Heartbeat, now: Instant) -> HeartbeatOutcome {
@@ -526,6 +549,32 @@ mod tests {
             fleet.heartbeat(&heartbeat("zzz", 1, 0, NodeSelfStatus::Online), now),
             HeartbeatOutcome::UnknownNode
         );
+    }
+
+    #[test]
+    fn a_restarted_daemon_drops_what_it_confirmed_but_a_reannouncement_does_not() {
+        let now = Instant::now();
+        let mut fleet = Fleet::default();
+        let id = NodeId::parse("a").expect("valid");
+        let first = registration("a", 1, &["img"]);
+        fleet.register(first.clone(), now);
+        fleet.heartbeat(&heartbeat("a", 5, 0, NodeSelfStatus::Online), now);
+        fleet
+            .reserve(&session(1), &spec(1.0), &[], now)
+            .expect("placed");
+        fleet.confirm(&id, &session(1));
+        // Asked to announce itself again: the same daemon, the room stays held.
+        fleet.register(first.clone(), now);
+        assert!(fleet.reserve(&session(2), &spec(1.0), &[], now).is_err());
+        // A new process (its start time differs): what it had is gone.
+        let restarted = NodeRegistration {
+            started_at: first.started_at + chrono::Duration::seconds(1),
+            ..first
+        };
+        fleet.register(restarted, now);
+        fleet
+            .reserve(&session(2), &spec(1.0), &[], now)
+            .expect("room after restart");
     }
 
     #[test]

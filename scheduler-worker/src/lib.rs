@@ -81,10 +81,17 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         "api",
         api::serve(scheduler.clone(), api_subscriptions, cancel.clone()),
     );
-    tasks.spawn(
-        "sessions",
-        sessions::consume(scheduler.clone(), consumer, cancel.clone()),
-    );
+    // Session work waits until the nodes the database remembers could be heard from again,
+    // so a restarted replica does not fail queued requests for want of a view.
+    let settle_time = scheduler.fleet().settle_time();
+    let consume = sessions::consume(scheduler.clone(), consumer, cancel.clone());
+    let settle_cancel = cancel.clone();
+    tasks.spawn("sessions", async move {
+        tokio::select! {
+            () = tokio::time::sleep(settle_time) => consume.await,
+            () = settle_cancel.cancelled() => Ok(()),
+        }
+    });
     bus::sync_with_server(&nats).await?;
     tracing::info!("scheduler worker ready");
     Ok(Running { tasks })

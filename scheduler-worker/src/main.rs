@@ -6,7 +6,6 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = scheduler_worker::Config::parse();
-    config.validate()?;
     let telemetry = service_kit::telemetry::init("scheduler-worker")?;
     let cancel = CancellationToken::new();
     service_kit::tasks::cancel_on_signal(cancel.clone())?;

@@ -62,41 +62,30 @@ impl Scheduler {
             .map(|template| template.env.clone())
             .unwrap_or_default();
         env.extend(request.env.clone());
-        let mut session = Session {
-            id: request.session_id.clone(),
-            template_id: request.template_id.clone(),
-            status: SessionStatus::Pending,
-            runtime_node: None,
-            container_id: None,
-            image: String::new(),
-            resources: Resources {
-                cpu_cores: 0.0,
-                memory_mb: 0,
-                pids_limit: 0,
-            },
-            network: Default::default(),
-            failure_code: None,
-            failure_reason: None,
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            ended_at: None,
-        };
-        match &template {
-            Some(template) => {
-                session.image = template.image_url.clone();
-                session.resources = template.resources;
-                session.network = template.network;
-            }
+        let session = match &template {
+            Some(template) => Session::pending(request.session_id.clone(), template, now),
             // The gateway checked the template; it was deleted since. Record why.
-            None => {
-                session.status = SessionStatus::Failed;
-                session.failure_code = Some(ErrorCode::NotFound);
-                session.failure_reason =
-                    Some(format!("template '{}' not found", request.template_id));
-                session.ended_at = Some(now);
-            }
-        }
+            None => Session {
+                id: request.session_id.clone(),
+                template_id: request.template_id.clone(),
+                status: SessionStatus::Failed,
+                runtime_node: None,
+                container_id: None,
+                image: String::new(),
+                resources: Resources {
+                    cpu_cores: 0.0,
+                    memory_mb: 0,
+                    pids_limit: 0,
+                },
+                network: Default::default(),
+                failure_code: Some(ErrorCode::NotFound),
+                failure_reason: Some(format!("template '{}' not found", request.template_id)),
+                created_at: now,
+                updated_at: now,
+                started_at: None,
+                ended_at: Some(now),
+            },
+        };
         self.store.insert_session_if_absent(&session, &env).await?;
         // Another replica may have inserted it first: what the database holds is the truth.
         Ok(self
@@ -249,7 +238,7 @@ impl Scheduler {
     /// Removes a session's container without waiting for the answer.
     pub(crate) fn remove_in_background(&self, node: NodeId, session_id: SessionId) {
         let nats = self.nats.clone();
-        let timeout = self.config.node_timeout;
+        let timeout = self.config.remove_timeout;
         tokio::spawn(async move {
             let command = RemoveContainer {
                 session_id: session_id.clone(),

@@ -12,12 +12,13 @@ use messages::{decode, subjects};
 use service_kit::bus;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument as _;
 
 use crate::scheduler::Scheduler;
 
-/// Deliveries of one request before JetStream gives up on it (each failed try is logged).
-const MAX_DELIVER: i64 = 20;
+/// The longest pause before a request whose outcome could not be recorded is tried again.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 /// The durable consumer every replica shares; created if missing, along with the stream.
 pub async fn consumer(scheduler: &Scheduler) -> anyhow::Result<PullConsumer> {
@@ -31,7 +32,9 @@ pub async fn consumer(scheduler: &Scheduler) -> anyhow::Result<PullConsumer> {
                 durable_name: Some(name.to_owned()),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: scheduler.config.ack_wait,
-                max_deliver: MAX_DELIVER,
+                // Never give up on an acknowledged request: while the database is down it is
+                // retried with growing pauses, and placed once it is back.
+                max_deliver: -1,
                 ..Default::default()
             },
         )
@@ -99,15 +102,16 @@ async fn handle(scheduler: &Scheduler, message: jetstream::Message) {
         tracing::Span::current().record("session_id", request.session_id.as_str());
         let keep_alive = keep_in_progress(message.clone(), scheduler.config.ack_wait);
         let outcome = scheduler.place(&request).await;
-        keep_alive.abort();
+        drop(keep_alive);
         match outcome {
             Ok(session) => {
                 tracing::info!(status = %session.status, node = ?session.runtime_node, "session placed");
                 ack(&message, AckKind::Ack).await;
             }
             Err(error) => {
-                tracing::error!(%error, "could not record the session's outcome; will retry");
-                ack(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                let delay = retry_delay(&message);
+                tracing::error!(%error, ?delay, "could not record the session's outcome; will retry");
+                ack(&message, AckKind::Nak(Some(delay))).await;
             }
         }
     }
@@ -115,20 +119,24 @@ async fn handle(scheduler: &Scheduler, message: jetstream::Message) {
     .await;
 }
 
+/// 1 s after the first failed delivery, doubling up to [`MAX_RETRY_DELAY`].
+fn retry_delay(message: &jetstream::Message) -> Duration {
+    let delivered = message.info().map_or(1, |info| info.delivered).clamp(1, 16);
+    let exponent = u32::try_from(delivered - 1).unwrap_or(15);
+    Duration::from_secs(1u64 << exponent).min(MAX_RETRY_DELAY)
+}
+
 /// Tells JetStream the request is still being worked on, so a slow placement is not handed to
-/// another replica.
-fn keep_in_progress(
-    message: jetstream::Message,
-    ack_wait: Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+/// another replica. Stops when dropped, even if the placement panicked.
+fn keep_in_progress(message: jetstream::Message, ack_wait: Duration) -> AbortOnDropHandle<()> {
+    AbortOnDropHandle::new(tokio::spawn(async move {
         let mut ticks = tokio::time::interval(ack_wait / 3);
         ticks.tick().await;
         loop {
             ticks.tick().await;
             ack(&message, AckKind::Progress).await;
         }
-    })
+    }))
 }
 
 async fn ack(message: &jetstream::Message, kind: AckKind) {

@@ -104,11 +104,6 @@ pub fn adopt_remote_parent(span: &tracing::Span, headers: Option<&HeaderMap>) {
     let _ = span.set_parent(parent);
 }
 
-/// The value of a header on a received message.
-pub fn header<'a>(message: &'a Message, name: &str) -> Option<&'a str> {
-    message.headers.as_ref()?.get(name).map(HeaderValue::as_str)
-}
-
 /// Publishes `payload` on `subject` with the standard headers.
 pub async fn publish<T: Serialize>(
     client: &Client,

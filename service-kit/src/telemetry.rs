@@ -13,15 +13,13 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 /// Flushes and stops the exporter when the service ends.
 #[derive(Debug)]
 pub struct Telemetry {
-    provider: Option<SdkTracerProvider>,
+    provider: SdkTracerProvider,
 }
 
 impl Telemetry {
     /// Sends the spans still buffered. Call it last, after the service's tasks have ended.
     pub fn shutdown(self) {
-        if let Some(provider) = self.provider
-            && let Err(error) = provider.shutdown()
-        {
+        if let Err(error) = self.provider.shutdown() {
             eprintln!("telemetry: flushing spans failed: {error}");
         }
     }
@@ -45,27 +43,23 @@ pub fn init(service_name: &'static str) -> anyhow::Result<Telemetry> {
         tracing_subscriber::fmt::layer().boxed()
     };
 
-    let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        Ok(endpoint) if !endpoint.trim().is_empty() => {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .build()
-                .context("building the OTLP span exporter")?;
-            let resource = opentelemetry_sdk::Resource::builder()
-                .with_service_name(service_name)
-                .build();
-            Some(
-                SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
-                    .with_resource(resource)
-                    .build(),
-            )
-        }
-        _ => None,
-    };
-    let otel_layer = provider
-        .as_ref()
-        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name)));
+    // Spans always get trace ids, so every message carries a trace context that other parts
+    // (and other tracing systems) can continue; they leave the process only with an endpoint.
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service_name)
+        .build();
+    let mut provider = SdkTracerProvider::builder().with_resource(resource);
+    let exporting = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .is_ok_and(|endpoint| !endpoint.trim().is_empty());
+    if exporting {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+            .context("building the OTLP span exporter")?;
+        provider = provider.with_batch_exporter(exporter);
+    }
+    let provider = provider.build();
+    let otel_layer = tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name));
 
     tracing_subscriber::registry()
         .with(filter)

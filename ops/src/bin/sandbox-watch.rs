@@ -20,7 +20,6 @@ use async_nats::HeaderMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::Parser;
 use futures::StreamExt as _;
-use serde::Deserialize as _;
 use serde_json::{Map, Value, json};
 
 /// Watch NATS subjects of the sandbox control plane, one decoded JSON line per message.
@@ -194,20 +193,12 @@ fn headers_json(headers: &HeaderMap) -> Map<String, Value> {
 /// are not exactly one MessagePack value.
 fn payload_json(payload: &[u8]) -> Value {
     match messages::codec::to_json(payload) {
-        Ok(value) if is_one_whole_value(payload) => value,
+        Ok(value) => value,
         _ => json!({
             "undecodable": String::from_utf8_lossy(payload),
             "bytes": payload.len(),
         }),
     }
-}
-
-/// True when `payload` is one MessagePack value with nothing after it. Plain text such as
-/// `hello` would otherwise "decode" as the number 104 (`h` is a positive fixint).
-fn is_one_whole_value(payload: &[u8]) -> bool {
-    let mut deserializer = rmp_serde::Deserializer::new(payload);
-    serde::de::IgnoredAny::deserialize(&mut deserializer).is_ok()
-        && deserializer.get_ref().is_empty()
 }
 
 #[cfg(test)]
