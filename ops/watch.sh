@@ -3,7 +3,8 @@
 #   ops/watch.sh                       everything under runtime.>
 #   ops/watch.sh runtime.heartbeat     one subject (NATS wildcards * and > work)
 #   ops/watch.sh --pretty 'runtime.containers.*' sessions.create
-# Runs the sandbox-watch binary, building it first (quietly, with cargo's own up-to-date check)
+# Runs the sandbox-watch binary, building the workspace binaries first as ops/up.sh does (quietly;
+# a no-op after up.sh, thanks to cargo's own up-to-date check)
 # when cargo is available; all arguments go to sandbox-watch (--help lists them). Ctrl-C stops.
 #
 # Env:
@@ -24,7 +25,7 @@ if command -v cargo >/dev/null 2>&1; then
     fi
     build_log="$(mktemp)"
     trap 'rm -f -- "$build_log"' EXIT
-    if ! (cd "$SANDBOX_REPO_ROOT" && cargo build --release --quiet -p sandbox-ops --bin sandbox-watch) \
+    if ! (cd "$SANDBOX_REPO_ROOT" && cargo build --release --quiet --bins) \
         >"$build_log" 2>&1; then
         cat "$build_log" >&2
         die "building sandbox-watch failed (output above)"

@@ -117,6 +117,32 @@ async fn a_session_request_becomes_a_running_container_and_delete_removes_it() {
 }
 
 #[tokio::test]
+async fn room_freed_by_a_delete_can_be_used_at_once() {
+    require_executor_image();
+    let mut system = System::without_nodes().await;
+    system.start_node_with(&["--max-containers", "1"]).await;
+    for round in 0..3 {
+        let (status, session) = system
+            .post_json("/api/v1/sessions", &json!({"template_id": "python-basic"}))
+            .await;
+        assert_eq!(status, 201, "round {round}: {session}");
+        let id = session["id"].as_str().expect("id");
+        let (status, _) = system.delete(&format!("/api/v1/sessions/{id}")).await;
+        assert_eq!(status, 200);
+    }
+    // And the node's word still holds when it is full.
+    let (status, _) = system
+        .post_json("/api/v1/sessions", &json!({"template_id": "python-basic"}))
+        .await;
+    assert_eq!(status, 201);
+    let (status, body) = system
+        .post_json("/api/v1/sessions", &json!({"template_id": "python-basic"}))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "capacity");
+}
+
+#[tokio::test]
 async fn a_template_on_sandbox_network_joins_the_nodes_bridge() {
     require_executor_image();
     let system = System::with_node().await;

@@ -55,6 +55,18 @@ pub struct Heartbeat {
     pub status: NodeSelfStatus,
 }
 
+/// A node's allocations right after it handled a command, so the scheduler that asked can count
+/// them at once instead of waiting for heartbeats. Heartbeats with a sequence above
+/// `after_heartbeat` were sent later and supersede it; those up to it are older.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct NodeUsage {
+    /// The sequence of the last heartbeat the node had sent when it took this snapshot.
+    pub after_heartbeat: u64,
+    pub running_containers: u32,
+    pub allocated_cpu_cores: f64,
+    pub allocated_memory_mb: u64,
+}
+
 /// On `runtime.nodes.discover`: schedulers ask nodes to publish their registration again.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DiscoverNodes {
@@ -149,6 +161,9 @@ pub struct ContainerCreated {
     pub existed: bool,
     #[serde(default)]
     pub executor_url: Option<String>,
+    /// The node's allocations with this container counted.
+    #[serde(default)]
+    pub usage: Option<NodeUsage>,
 }
 
 impl NodeCommand for CreateContainer {
@@ -167,6 +182,9 @@ pub struct RemoveContainer {
 pub struct ContainerRemoved {
     pub session_id: SessionId,
     pub removed: bool,
+    /// The node's allocations with this container gone.
+    #[serde(default)]
+    pub usage: Option<NodeUsage>,
 }
 
 impl NodeCommand for RemoveContainer {

@@ -10,7 +10,8 @@ use messages::api::{
 };
 use messages::node::{
     ContainerCreated, ContainerExited, ContainerReady, ContainerRemoved, CreateContainer,
-    DiscoverNodes, ExitReason, Heartbeat, NodeRegistration, NodeSelfStatus, RemoveContainer,
+    DiscoverNodes, ExitReason, Heartbeat, NodeRegistration, NodeSelfStatus, NodeUsage,
+    RemoveContainer,
 };
 use messages::session::{
     ContainerSpec, CreateSession, NetworkMode, Resources, Session, SessionStatus, Template,
@@ -31,6 +32,15 @@ fn at() -> chrono::DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 1, 15, 10, 30, 0)
         .single()
         .expect("valid time")
+}
+
+fn usage() -> NodeUsage {
+    NodeUsage {
+        after_heartbeat: 41,
+        running_containers: 2,
+        allocated_cpu_cores: 1.5,
+        allocated_memory_mb: 768,
+    }
 }
 
 fn resources() -> Resources {
@@ -194,6 +204,7 @@ fn every_payload_round_trips() {
         container_id: "abc123".into(),
         existed: false,
         executor_url: None,
+        usage: Some(usage()),
     }));
     round_trips(RemoveContainer {
         session_id: session_id(),
@@ -201,6 +212,7 @@ fn every_payload_round_trips() {
     round_trips(Reply::Ok(ContainerRemoved {
         session_id: session_id(),
         removed: true,
+        usage: None,
     }));
     round_trips(Reply::<ContainerRemoved>::Error(ErrorBody::new(
         ErrorCode::Capacity,

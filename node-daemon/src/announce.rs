@@ -49,7 +49,9 @@ pub(crate) fn registration(
     }
 }
 
-/// Announces the node on `runtime.nodes.register` with the given image list.
+/// Announces the node on `runtime.nodes.register` with the given image list. Like every
+/// message, it carries a trace context: the span gives it one.
+#[tracing::instrument(name = "node.register", skip_all)]
 pub(crate) async fn publish_registration(
     node: &Node,
     cached_images: Vec<String>,
@@ -104,17 +106,15 @@ pub(crate) async fn serve_discover(
 pub(crate) async fn heartbeat(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(node.heartbeat_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut sequence = 0;
     loop {
         tokio::select! {
             biased;
             () = cancel.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        sequence += 1;
-        send_heartbeat(&node, sequence, NodeSelfStatus::Online).await;
+        send_heartbeat(&node, NodeSelfStatus::Online).await;
     }
-    send_heartbeat(&node, sequence + 1, NodeSelfStatus::Stopping).await;
+    send_heartbeat(&node, NodeSelfStatus::Stopping).await;
     match tokio::time::timeout(FINAL_FLUSH_TIMEOUT, node.nats.flush()).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::warn!(%error, "flushing NATS on shutdown failed"),
@@ -123,8 +123,10 @@ pub(crate) async fn heartbeat(node: Arc<Node>, cancel: CancellationToken) -> any
     Ok(())
 }
 
-async fn send_heartbeat(node: &Node, sequence: u64, status: NodeSelfStatus) {
-    let usage = node.ledger().usage();
+#[tracing::instrument(name = "node.heartbeat", skip(node), fields(sequence))]
+async fn send_heartbeat(node: &Node, status: NodeSelfStatus) {
+    let (sequence, usage) = node.ledger().next_heartbeat();
+    tracing::Span::current().record("sequence", sequence);
     let heartbeat = Heartbeat {
         node_id: node.id.clone(),
         timestamp: Utc::now(),

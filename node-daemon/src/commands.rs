@@ -203,6 +203,7 @@ async fn create_container(
         container_id,
         existed: false,
         executor_url: None,
+        usage: Some(node.ledger().snapshot()),
     })
 }
 
@@ -247,6 +248,7 @@ async fn run_existing(
         container_id: existing.id,
         existed: true,
         executor_url: None,
+        usage: Some(node.ledger().snapshot()),
     })
 }
 
@@ -291,6 +293,7 @@ async fn remove_container(
     Ok(ContainerRemoved {
         session_id,
         removed,
+        usage: Some(node.ledger().snapshot()),
     })
 }
 

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use messages::SessionId;
+use messages::node::NodeUsage;
 use messages::session::Resources;
 
 /// CPU is counted in thousandths of a core so that sums and comparisons are exact.
@@ -133,6 +134,9 @@ impl Allocation {
 pub struct Ledger {
     capacity: Capacity,
     allocations: HashMap<SessionId, Allocation>,
+    /// Heartbeats numbered so far. Kept here, under the ledger's lock, so a heartbeat's figures
+    /// and a command's usage snapshot are each taken atomically with their number.
+    heartbeats_sent: u64,
 }
 
 impl Ledger {
@@ -140,6 +144,7 @@ impl Ledger {
         Self {
             capacity,
             allocations: HashMap::new(),
+            heartbeats_sent: 0,
         }
     }
 
@@ -229,6 +234,23 @@ impl Ledger {
             allocation.state != State::Reserved && allocation.is_container(container_id)
         }) {
             self.allocations.remove(session_id);
+        }
+    }
+
+    /// Numbers the next heartbeat (from 1) and returns the figures it reports.
+    pub fn next_heartbeat(&mut self) -> (u64, Usage) {
+        self.heartbeats_sent += 1;
+        (self.heartbeats_sent, self.usage())
+    }
+
+    /// The allocations now, as of the last heartbeat numbered, for a command's reply.
+    pub fn snapshot(&self) -> NodeUsage {
+        let usage = self.usage();
+        NodeUsage {
+            after_heartbeat: self.heartbeats_sent,
+            running_containers: usage.containers,
+            allocated_cpu_cores: usage.cpu_cores(),
+            allocated_memory_mb: usage.memory_mb,
         }
     }
 

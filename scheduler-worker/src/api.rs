@@ -11,7 +11,6 @@ use messages::api::{
     ApiRequest, DeleteSession, GetNode, GetSession, GetTemplate, ListNodes, ListSessions,
     ListTemplates, NodeInfo, SessionPage,
 };
-use messages::node::RemoveContainer;
 use messages::session::{Session, SessionStatus, Template};
 use messages::subjects::{self, ApiOp};
 use messages::{ErrorBody, ErrorCode, Reply, decode};
@@ -177,10 +176,7 @@ impl Scheduler {
         // A session still being placed has no container yet; placement removes the one it
         // makes once it finds the session terminated.
         if let Some(node) = &session.runtime_node {
-            let command = RemoveContainer {
-                session_id: id.clone(),
-            };
-            match bus::node_request(&self.nats, node, &command, self.config.remove_timeout).await {
+            match self.remove_container(node, id).await {
                 Ok(_) => {}
                 Err(BusError::Remote(error)) => return Err(error),
                 // A node that is gone cannot be asked; its containers are reconciled when it

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use messages::api::{NodeHealth, NodeInfo};
-use messages::node::{Heartbeat, NodeRegistration, NodeSelfStatus};
+use messages::node::{Heartbeat, NodeRegistration, NodeSelfStatus, NodeUsage};
 use messages::session::{ContainerSpec, NO_HEALTHY_NODES, Resources};
 use messages::{ErrorBody, ErrorCode, NodeId, SessionId};
 
@@ -34,13 +34,13 @@ impl Usage {
     }
 }
 
-/// Room held on a node for a placement this replica made, until the node's heartbeats show it.
+/// Room held on a node for a placement this replica made, until the node's figures show it.
 #[derive(Debug, Clone)]
 struct Reservation {
     resources: Resources,
-    /// The heartbeat sequence last seen when the node confirmed the container; `None` while
-    /// the create is still in flight.
-    confirmed_at_sequence: Option<u64>,
+    /// Heartbeats numbered above this count the container; `None` while the create is in
+    /// flight.
+    counted_after_heartbeat: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +51,9 @@ struct NodeState {
     last_heartbeat_at: Option<DateTime<Utc>>,
     last_sequence: u64,
     reported: Usage,
+    /// How recent `reported` is: the heartbeat it came from, or (`true`) a command's snapshot
+    /// taken after that heartbeat. Older figures never overwrite newer ones.
+    reported_as_of: (u64, bool),
     self_status: NodeSelfStatus,
     reservations: HashMap<SessionId, Reservation>,
     /// The health last announced by [`Fleet::health_changes`].
@@ -109,6 +112,19 @@ impl NodeState {
             (usage.memory_mb + resources.memory_mb) as f64,
             registration.total_memory_mb as f64,
         ))
+    }
+
+    /// Takes a command's usage snapshot unless newer figures are in already.
+    fn apply_snapshot(&mut self, usage: &NodeUsage) {
+        let as_of = (usage.after_heartbeat, true);
+        if as_of >= self.reported_as_of {
+            self.reported_as_of = as_of;
+            self.reported = Usage {
+                containers: usage.running_containers,
+                cpu_cores: usage.allocated_cpu_cores,
+                memory_mb: usage.allocated_memory_mb,
+            };
+        }
     }
 
     fn info(&self, now: Instant) -> NodeInfo {
@@ -171,6 +187,7 @@ impl Fleet {
                     cpu_cores: record.allocated_cpu_cores,
                     memory_mb: record.allocated_memory_mb,
                 },
+                reported_as_of: (0, false),
                 self_status: match record.status.as_str() {
                     "draining" => NodeSelfStatus::Draining,
                     // It said it stopped: no placements until it is heard from again.
@@ -206,7 +223,7 @@ impl Fleet {
             .remove(&node_id)
             .map(|old| old.reservations)
             .unwrap_or_default();
-        reservations.retain(|_, reservation| reservation.confirmed_at_sequence.is_none());
+        reservations.retain(|_, reservation| reservation.counted_after_heartbeat.is_none());
         self.nodes.insert(
             node_id,
             NodeState {
@@ -215,6 +232,7 @@ impl Fleet {
                 last_heartbeat_at: None,
                 last_sequence: 0,
                 reported: Usage::default(),
+                reported_as_of: (0, false),
                 self_status: NodeSelfStatus::Online,
                 reservations,
                 announced: NodeHealth::Offline,
@@ -239,26 +257,30 @@ impl Fleet {
         let Some(node) = self.nodes.get_mut(&heartbeat.node_id) else {
             return HeartbeatOutcome::UnknownNode;
         };
-        if heartbeat.sequence < node.last_sequence {
-            // The daemon restarted: what it reports now is all there is.
+        let sequence = heartbeat.sequence;
+        if sequence < node.last_sequence {
+            // The daemon restarted (and its registration went unheard): what it reports now is
+            // all there is.
+            node.reported_as_of = (0, false);
             node.reservations
-                .retain(|_, r| r.confirmed_at_sequence.is_none());
+                .retain(|_, reservation| reservation.counted_after_heartbeat.is_none());
         }
         node.last_seen = Some(now);
         node.last_heartbeat_at = Some(heartbeat.timestamp);
-        node.last_sequence = heartbeat.sequence;
+        node.last_sequence = sequence;
         node.self_status = heartbeat.status;
-        node.reported = Usage {
-            containers: heartbeat.running_containers,
-            cpu_cores: heartbeat.allocated_cpu_cores,
-            memory_mb: heartbeat.allocated_memory_mb,
-        };
-        // A heartbeat sent two beats after the node confirmed a container surely counts it.
-        let sequence = heartbeat.sequence;
+        if (sequence, false) >= node.reported_as_of {
+            node.reported_as_of = (sequence, false);
+            node.reported = Usage {
+                containers: heartbeat.running_containers,
+                cpu_cores: heartbeat.allocated_cpu_cores,
+                memory_mb: heartbeat.allocated_memory_mb,
+            };
+        }
         node.reservations.retain(|_, reservation| {
             reservation
-                .confirmed_at_sequence
-                .is_none_or(|confirmed| sequence < confirmed + 2)
+                .counted_after_heartbeat
+                .is_none_or(|after| sequence <= after)
         });
         HeartbeatOutcome::Recorded
     }
@@ -314,19 +336,31 @@ impl Fleet {
                 session_id.clone(),
                 Reservation {
                     resources: *resources,
-                    confirmed_at_sequence: None,
+                    counted_after_heartbeat: None,
                 },
             );
         }
         Ok(node_id)
     }
 
-    /// The node confirmed the container: keep the room held until its heartbeats count it.
-    pub fn confirm(&mut self, node_id: &NodeId, session_id: &SessionId) {
-        if let Some(node) = self.nodes.get_mut(node_id)
-            && let Some(reservation) = node.reservations.get_mut(session_id)
-        {
-            reservation.confirmed_at_sequence = Some(node.last_sequence);
+    /// The node made the container. With the node's usage snapshot, which counts it, the room
+    /// held is let go at once; without one (an older daemon), it is held until a heartbeat sent
+    /// surely after the create counts it.
+    pub fn confirm(&mut self, node_id: &NodeId, session_id: &SessionId, usage: Option<NodeUsage>) {
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return;
+        };
+        match usage {
+            Some(usage) => {
+                node.apply_snapshot(&usage);
+                node.reservations.remove(session_id);
+            }
+            None => {
+                let after = node.last_sequence + 1;
+                if let Some(reservation) = node.reservations.get_mut(session_id) {
+                    reservation.counted_after_heartbeat = Some(after);
+                }
+            }
         }
     }
 
@@ -334,6 +368,16 @@ impl Fleet {
     pub fn release(&mut self, node_id: &NodeId, session_id: &SessionId) {
         if let Some(node) = self.nodes.get_mut(node_id) {
             node.reservations.remove(session_id);
+        }
+    }
+
+    /// The node removed the session's container; its snapshot no longer counts it.
+    pub fn removed(&mut self, node_id: &NodeId, session_id: &SessionId, usage: Option<NodeUsage>) {
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            node.reservations.remove(session_id);
+            if let Some(usage) = usage {
+                node.apply_snapshot(&usage);
+            }
         }
     }
 
@@ -519,7 +563,7 @@ mod tests {
         fleet
             .reserve(&session(1), &spec(1.0), &[], now)
             .expect("placed");
-        fleet.confirm(&id, &session(1));
+        fleet.confirm(&id, &session(1), None);
         // The next beat may have left before the container existed: still held.
         fleet.heartbeat(&heartbeat("a", 2, 0, NodeSelfStatus::Online), now);
         assert!(fleet.reserve(&session(2), &spec(1.0), &[], now).is_err());
@@ -562,7 +606,7 @@ mod tests {
         fleet
             .reserve(&session(1), &spec(1.0), &[], now)
             .expect("placed");
-        fleet.confirm(&id, &session(1));
+        fleet.confirm(&id, &session(1), None);
         // Asked to announce itself again: the same daemon, the room stays held.
         fleet.register(first.clone(), now);
         assert!(fleet.reserve(&session(2), &spec(1.0), &[], now).is_err());
@@ -575,6 +619,49 @@ mod tests {
         fleet
             .reserve(&session(2), &spec(1.0), &[], now)
             .expect("room after restart");
+    }
+
+    fn snapshot(after_heartbeat: u64, containers: u32) -> NodeUsage {
+        NodeUsage {
+            after_heartbeat,
+            running_containers: containers,
+            allocated_cpu_cores: f64::from(containers),
+            allocated_memory_mb: 256 * u64::from(containers),
+        }
+    }
+
+    #[test]
+    fn usage_in_command_replies_counts_at_once_and_older_heartbeats_do_not_undo_it() {
+        let now = Instant::now();
+        let mut fleet = Fleet::default();
+        let id = NodeId::parse("a").expect("valid");
+        fleet.register(registration("a", 1, &["img"]), now);
+        fleet.heartbeat(&heartbeat("a", 3, 0, NodeSelfStatus::Online), now);
+        // Create, then delete, then create again, all within one heartbeat interval.
+        fleet
+            .reserve(&session(1), &spec(1.0), &[], now)
+            .expect("placed");
+        fleet.confirm(&id, &session(1), Some(snapshot(3, 1)));
+        assert!(
+            fleet.reserve(&session(2), &spec(1.0), &[], now).is_err(),
+            "full"
+        );
+        fleet.removed(&id, &session(1), Some(snapshot(3, 0)));
+        fleet
+            .reserve(&session(2), &spec(1.0), &[], now)
+            .expect("room at once after delete");
+        fleet.confirm(&id, &session(2), Some(snapshot(3, 1)));
+        // Heartbeat 3 was sent before those snapshots: it must not bring back stale figures.
+        fleet.heartbeat(&heartbeat("a", 3, 0, NodeSelfStatus::Online), now);
+        assert!(
+            fleet.reserve(&session(3), &spec(1.0), &[], now).is_err(),
+            "still full"
+        );
+        // Heartbeat 4 was sent after: it is the truth.
+        fleet.heartbeat(&heartbeat("a", 4, 0, NodeSelfStatus::Online), now);
+        fleet
+            .reserve(&session(3), &spec(1.0), &[], now)
+            .expect("room after it exited");
     }
 
     #[test]

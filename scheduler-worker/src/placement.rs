@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use messages::node::{ContainerCreated, CreateContainer, RemoveContainer};
+use messages::node::{ContainerCreated, CreateContainer};
 use messages::session::{ContainerSpec, CreateSession, Resources, Session, SessionStatus};
 use messages::{ErrorBody, ErrorCode, NodeId, SessionId};
 use service_kit::bus::{self, BusError};
@@ -130,7 +130,7 @@ impl Scheduler {
             }
             match self.create_on(&node, session_id, spec).await {
                 Attempt::Placed(created) => {
-                    self.fleet().confirm(&node, session_id);
+                    self.fleet().confirm(&node, session_id, created.usage);
                     return self.record_running(session_id, &node, created).await;
                 }
                 Attempt::TryElsewhere(refusal) => {
@@ -233,19 +233,5 @@ impl Scheduler {
         })?;
         self.announce(&session).await;
         Ok(session)
-    }
-
-    /// Removes a session's container without waiting for the answer.
-    pub(crate) fn remove_in_background(&self, node: NodeId, session_id: SessionId) {
-        let nats = self.nats.clone();
-        let timeout = self.config.remove_timeout;
-        tokio::spawn(async move {
-            let command = RemoveContainer {
-                session_id: session_id.clone(),
-            };
-            if let Err(error) = bus::node_request(&nats, &node, &command, timeout).await {
-                tracing::warn!(%session_id, %node, %error, "could not remove a container");
-            }
-        });
     }
 }

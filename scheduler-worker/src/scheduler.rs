@@ -1,11 +1,13 @@
 //! The state one scheduler replica works with: its NATS client, the database and its node view.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_nats::Client;
+use messages::node::{ContainerRemoved, RemoveContainer};
 use messages::session::Session;
-use messages::subjects;
-use service_kit::bus;
+use messages::{NodeId, SessionId, subjects};
+use service_kit::bus::{self, BusError};
 
 use crate::config::Config;
 use crate::fleet::Fleet;
@@ -17,7 +19,8 @@ pub struct Scheduler {
     pub(crate) nats: Client,
     pub(crate) store: Store,
     pub(crate) config: Config,
-    fleet: Mutex<Fleet>,
+    /// Shared with background removals, which update it when the node answers.
+    fleet: Arc<Mutex<Fleet>>,
 }
 
 impl Scheduler {
@@ -26,16 +29,42 @@ impl Scheduler {
             nats,
             store,
             config,
-            fleet: Mutex::new(fleet),
+            fleet: Arc::new(Mutex::new(fleet)),
         })
     }
 
     /// The node view. Held only for short synchronous updates, never across an await.
     pub(crate) fn fleet(&self) -> MutexGuard<'_, Fleet> {
-        // A panic while holding the lock leaves a view that is still usable: take it back.
-        self.fleet
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.fleet)
+    }
+
+    /// Asks the node to remove the session's container and counts the room freed.
+    pub(crate) async fn remove_container(
+        &self,
+        node: &NodeId,
+        session_id: &SessionId,
+    ) -> Result<ContainerRemoved, BusError> {
+        remove(
+            &self.nats,
+            &self.fleet,
+            self.config.remove_timeout,
+            node,
+            session_id,
+        )
+        .await
+    }
+
+    /// Removes a session's container without waiting for the answer (clean-up of a container
+    /// that must not outlive its session or attempt).
+    pub(crate) fn remove_in_background(&self, node: NodeId, session_id: SessionId) {
+        let nats = self.nats.clone();
+        let fleet = Arc::clone(&self.fleet);
+        let timeout = self.config.remove_timeout;
+        tokio::spawn(async move {
+            if let Err(error) = remove(&nats, &fleet, timeout, &node, &session_id).await {
+                tracing::warn!(%session_id, %node, %error, "could not remove a container");
+            }
+        });
     }
 
     /// Tells waiting gateways (and anyone watching) the session's recorded state. Losing this
@@ -46,4 +75,26 @@ impl Scheduler {
             tracing::warn!(session_id = %session.id, %error, "could not announce session state");
         }
     }
+}
+
+/// A panic while holding the lock leaves a view that is still usable: take it back.
+fn lock(fleet: &Mutex<Fleet>) -> MutexGuard<'_, Fleet> {
+    fleet
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn remove(
+    nats: &Client,
+    fleet: &Mutex<Fleet>,
+    timeout: Duration,
+    node: &NodeId,
+    session_id: &SessionId,
+) -> Result<ContainerRemoved, BusError> {
+    let command = RemoveContainer {
+        session_id: session_id.clone(),
+    };
+    let removed = bus::node_request(nats, node, &command, timeout).await?;
+    lock(fleet).removed(node, session_id, removed.usage);
+    Ok(removed)
 }

@@ -104,19 +104,26 @@ impl System {
 
     /// Starts another node daemon on this host, with its own node id.
     pub async fn start_node(&mut self) -> String {
+        self.start_node_with(&[]).await
+    }
+
+    /// Starts another node daemon with extra flags (say, `--max-containers 1`).
+    pub async fn start_node_with(&mut self, extra_flags: &[&str]) -> String {
         let node_id = testkit::unique_name("node");
-        let config = node_daemon::Config::try_parse_from([
+        let nats_url = self.nats.url();
+        let mut args = vec![
             "node-daemon",
             "--nats-url",
-            &self.nats.url(),
+            &nats_url,
             "--node-id",
             &node_id,
             "--network",
             &self.network,
             "--heartbeat-interval",
             "500ms",
-        ])
-        .expect("node config");
+        ];
+        args.extend_from_slice(extra_flags);
+        let config = node_daemon::Config::try_parse_from(args).expect("node config");
         let cancel = self.cancel.child_token();
         let running = node_daemon::start(config, cancel.clone())
             .await
