@@ -45,7 +45,10 @@ struct HeaderInjector<'a>(&'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key, value);
+        // An empty `tracestate` says nothing; leave the header out.
+        if !value.is_empty() {
+            self.0.insert(key, value);
+        }
     }
 }
 
