@@ -249,6 +249,28 @@ async fn publish_create(system: &System, request: &CreateSession, msg_id: &str) 
         .expect("stored");
 }
 
+/// Waits until the schedulers have taken and acknowledged every request in the stream.
+async fn wait_until_all_requests_handled(system: &System) {
+    let client = async_nats::connect(system.nats.url())
+        .await
+        .expect("connects");
+    let stream = async_nats::jetstream::new(client)
+        .get_stream(subjects::sessions_stream())
+        .await
+        .expect("the stream exists");
+    for _ in 0..100 {
+        let info = stream
+            .consumer_info(subjects::sessions_consumer())
+            .await
+            .expect("consumer info");
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("session requests are still unhandled");
+}
+
 async fn wait_for_status(system: &System, id: &str, wanted: &str) -> serde_json::Value {
     for _ in 0..100 {
         let (status, session) = system.get(&format!("/api/v1/sessions/{id}")).await;
@@ -277,7 +299,7 @@ async fn a_redelivered_request_makes_no_second_container() {
     // The same request again past JetStream's de-duplication (another message id), twice.
     publish_create(&system, &request, "redelivery-1").await;
     publish_create(&system, &request, "redelivery-2").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_until_all_requests_handled(&system).await;
     let again = wait_for_status(&system, session_id.as_str(), "running").await;
     assert_eq!(again["container_id"], first["container_id"]);
     assert_eq!(containers_of_session(session_id.as_str()).await.len(), 1);
@@ -291,6 +313,7 @@ async fn a_redelivered_request_makes_no_second_container() {
         .await
         .expect("updated");
     publish_create(&system, &request, "redelivery-3").await;
+    wait_until_all_requests_handled(&system).await;
     let adopted = wait_for_status(&system, session_id.as_str(), "running").await;
     assert_eq!(adopted["container_id"], first["container_id"]);
     assert_eq!(containers_of_session(session_id.as_str()).await.len(), 1);

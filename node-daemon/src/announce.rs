@@ -125,11 +125,13 @@ pub(crate) async fn heartbeat(node: Arc<Node>, cancel: CancellationToken) -> any
 
 #[tracing::instrument(name = "node.heartbeat", skip(node), fields(sequence))]
 async fn send_heartbeat(node: &Node, status: NodeSelfStatus) {
+    // Stamped before the figures are read, so they are at least as new as the timestamp says.
+    let timestamp = Utc::now();
     let (sequence, usage) = node.ledger().next_heartbeat();
     tracing::Span::current().record("sequence", sequence);
     let heartbeat = Heartbeat {
         node_id: node.id.clone(),
-        timestamp: Utc::now(),
+        timestamp,
         sequence,
         running_containers: usage.containers,
         allocated_cpu_cores: usage.cpu_cores(),

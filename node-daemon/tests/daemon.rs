@@ -219,8 +219,10 @@ impl Harness {
     async fn fresh_heartbeat(&self) -> Heartbeat {
         let mut heartbeats = self.subscribe(subjects::heartbeat()).await;
         let node_id = self.node_id().clone();
+        // A beat stamped from now on reports figures read from now on.
+        let since = chrono::Utc::now();
         next_matching(&mut heartbeats, "a heartbeat", |beat: &Heartbeat| {
-            beat.node_id == node_id
+            beat.node_id == node_id && beat.timestamp >= since
         })
         .await
     }
@@ -610,10 +612,12 @@ async fn allocations_survive_a_daemon_restart() {
     harness.stop().await;
 
     let mut heartbeats = harness.subscribe(subjects::heartbeat()).await;
+    // The stopped daemon's last beat may still be on its way: read only the new daemon's.
+    let restarted_at = chrono::Utc::now();
     harness.start().await;
     let node_id = harness.node_id().clone();
     let heartbeat = next_matching(&mut heartbeats, "a heartbeat", |beat: &Heartbeat| {
-        beat.node_id == node_id
+        beat.node_id == node_id && beat.timestamp >= restarted_at
     })
     .await;
     assert_eq!(
