@@ -381,10 +381,6 @@ impl Fleet {
         }
     }
 
-    pub fn health(&self, node_id: &NodeId, now: Instant) -> Option<NodeHealth> {
-        self.nodes.get(node_id).map(|node| node.health(now))
-    }
-
     pub fn info(&self, node_id: &NodeId, now: Instant) -> Option<NodeInfo> {
         self.nodes.get(node_id).map(|node| node.info(now))
     }
@@ -478,14 +474,26 @@ mod tests {
         let mut fleet = Fleet::default();
         fleet.register(registration("a", 10, &[]), start);
         let id = NodeId::parse("a").expect("valid");
-        assert_eq!(fleet.health(&id, start), Some(NodeHealth::Online));
+        assert_eq!(
+            fleet.info(&id, start).map(|node| node.status),
+            Some(NodeHealth::Online)
+        );
         let late = start + Duration::from_millis(2999);
-        assert_eq!(fleet.health(&id, late), Some(NodeHealth::Online));
+        assert_eq!(
+            fleet.info(&id, late).map(|node| node.status),
+            Some(NodeHealth::Online)
+        );
         let later = start + Duration::from_millis(3000);
-        assert_eq!(fleet.health(&id, later), Some(NodeHealth::Offline));
+        assert_eq!(
+            fleet.info(&id, later).map(|node| node.status),
+            Some(NodeHealth::Offline)
+        );
         assert!(fleet.reserve(&session(1), &spec(1.0), &[], later).is_err());
         fleet.heartbeat(&heartbeat("a", 1, 0, NodeSelfStatus::Online), later);
-        assert_eq!(fleet.health(&id, later), Some(NodeHealth::Online));
+        assert_eq!(
+            fleet.info(&id, later).map(|node| node.status),
+            Some(NodeHealth::Online)
+        );
     }
 
     #[test]
@@ -497,7 +505,10 @@ mod tests {
         assert!(fleet.reserve(&session(1), &spec(1.0), &[], now).is_err());
         fleet.heartbeat(&heartbeat("a", 2, 0, NodeSelfStatus::Stopping), now);
         let id = NodeId::parse("a").expect("valid");
-        assert_eq!(fleet.health(&id, now), Some(NodeHealth::Offline));
+        assert_eq!(
+            fleet.info(&id, now).map(|node| node.status),
+            Some(NodeHealth::Offline)
+        );
     }
 
     #[test]

@@ -123,9 +123,9 @@ impl Scheduler {
             {
                 Some((session, _)) if !session.status.is_final() => self.announce(&session).await,
                 // Deleted while being placed: nothing more to do.
-                _ => {
+                recorded => {
                     self.fleet().release(&node, session_id);
-                    return self.settled(session_id).await;
+                    return self.settled(session_id, recorded).await;
                 }
             }
             match self.create_on(&node, session_id, spec).await {
@@ -201,9 +201,9 @@ impl Scheduler {
             }
             // It ended while its container was being made (deleted, or the container died):
             // the container must not outlive it.
-            _ => {
+            recorded => {
                 self.remove_in_background(node.clone(), session_id.clone());
-                self.settled(session_id).await
+                self.settled(session_id, recorded).await
             }
         }
     }
@@ -216,20 +216,23 @@ impl Scheduler {
     ) -> Result<Session, store::StoreError> {
         tracing::warn!(%session_id, code = %error.code, reason = %error.message, "session failed");
         let transition = Transition::failed(error.code, error.message);
-        self.store
+        let recorded = self
+            .store
             .transition(session_id, &UNSETTLED, &transition)
             .await?;
-        self.settled(session_id).await
+        self.settled(session_id, recorded).await
     }
 
-    /// The session as recorded now, announced to waiting clients.
-    async fn settled(&self, session_id: &SessionId) -> Result<Session, store::StoreError> {
-        let session = self.store.get_session(session_id).await?.ok_or_else(|| {
-            store::StoreError::Corrupt {
-                table: "sessions",
-                id: session_id.to_string(),
-                reason: "vanished while being placed".into(),
-            }
+    /// Announces the session as a transition just left it (and read it back) to waiting clients.
+    async fn settled(
+        &self,
+        session_id: &SessionId,
+        recorded: Option<(Session, bool)>,
+    ) -> Result<Session, store::StoreError> {
+        let (session, _) = recorded.ok_or_else(|| store::StoreError::Corrupt {
+            table: "sessions",
+            id: session_id.to_string(),
+            reason: "vanished while being placed".into(),
         })?;
         self.announce(&session).await;
         Ok(session)

@@ -36,6 +36,23 @@ fn node_id() -> NodeId {
     NodeId::parse("docker-local").expect("valid node id")
 }
 
+/// The seed's own check, as written, against either database: the newest session is `s-3`,
+/// still pending, with no container.
+macro_rules! assert_seed_query_shows_the_newest_session {
+    ($pool:expr) => {{
+        let (id, container_id, status): (String, Option<String>, String) = sqlx::query_as(
+            "SELECT id, container_id, status FROM sessions ORDER BY created_at DESC LIMIT 1;",
+        )
+        .fetch_one($pool)
+        .await
+        .expect("the seed's query runs");
+        assert_eq!(
+            (id.as_str(), container_id, status.as_str()),
+            ("s-3", None, "pending")
+        );
+    }};
+}
+
 async fn behaves_as_designed(store: &Store) {
     // Seeded: the seed's template with the executor image.
     let template = store
@@ -248,16 +265,7 @@ async fn store_on_sqlite() {
     let pool = sqlx::SqlitePool::connect(&url)
         .await
         .expect("opens the file");
-    let (id, container_id, status): (String, Option<String>, String) = sqlx::query_as(
-        "SELECT id, container_id, status FROM sessions ORDER BY created_at DESC LIMIT 1;",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("the seed's query runs");
-    assert_eq!(
-        (id.as_str(), container_id, status.as_str()),
-        ("s-3", None, "pending")
-    );
+    assert_seed_query_shows_the_newest_session!(&pool);
 }
 
 #[tokio::test]
@@ -287,16 +295,7 @@ async fn store_on_postgres() {
     assert_eq!(seeded.registration.max_containers, 100);
     assert_eq!(seeded.registration.cached_images, ["sandbox-executor:v1.0"]);
 
-    let (id, container_id, status): (String, Option<String>, String) = sqlx::query_as(
-        "SELECT id, container_id, status FROM sessions ORDER BY created_at DESC LIMIT 1;",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("the seed's query runs");
-    assert_eq!(
-        (id.as_str(), container_id, status.as_str()),
-        ("s-3", None, "pending")
-    );
+    assert_seed_query_shows_the_newest_session!(&pool);
     let (image,): (String,) =
         sqlx::query_as("SELECT image_url FROM templates WHERE id = 'python-basic';")
             .fetch_one(&pool)
