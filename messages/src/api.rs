@@ -7,7 +7,8 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{NodeId, SessionId};
+use crate::execution::{Execution, ExecutionResult, Language};
+use crate::ids::{ExecutionId, NodeId, SessionId};
 use crate::session::{Session, SessionStatus, Template};
 use crate::subjects::ApiOp;
 
@@ -179,6 +180,56 @@ api_request!(GetNode, ApiOp::NodesGet, NodeInfo);
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ListNodes {}
 api_request!(ListNodes, ApiOp::NodesList, Vec<NodeInfo>);
+
+/// Record an execution of a running session and start it on the session's node. The gateway
+/// names the execution, so it can wait on [`crate::subjects::execution_status`] before asking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartExecution {
+    pub execution_id: ExecutionId,
+    pub session_id: SessionId,
+    pub language: Language,
+    pub code: String,
+    #[serde(default)]
+    pub stdin: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub timeout_secs: u32,
+    #[serde(default)]
+    pub fresh: bool,
+}
+api_request!(StartExecution, ApiOp::ExecutionsStart, Execution);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GetExecution {
+    pub execution_id: ExecutionId,
+}
+api_request!(GetExecution, ApiOp::ExecutionsGet, Execution);
+
+/// A session's executions, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListExecutions {
+    pub session_id: SessionId,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionPage {
+    pub executions: Vec<Execution>,
+    /// How many executions the session has, across all pages.
+    pub total: u64,
+    pub limit: u32,
+    pub offset: u32,
+}
+api_request!(ListExecutions, ApiOp::ExecutionsList, ExecutionPage);
+
+/// A result reported over the seed's HTTP callback. Recording the same result twice answers the
+/// record both times; a different result for an execution that already has one is a conflict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordExecutionResult {
+    pub result: ExecutionResult,
+}
+api_request!(RecordExecutionResult, ApiOp::ExecutionsRecord, Execution);
 
 /// A node's health as the scheduler judges it from heartbeats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

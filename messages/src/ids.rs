@@ -89,6 +89,11 @@ token_id!(
     SessionId,
     "session id"
 );
+token_id!(
+    /// An execution's id (the gateway makes UUIDv7s); a token of its event subjects.
+    ExecutionId,
+    "execution id"
+);
 
 impl SessionId {
     /// The name of the one container a session may have; Docker's name uniqueness is what makes

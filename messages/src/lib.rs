@@ -12,6 +12,8 @@
 
 pub mod api;
 pub mod codec;
+pub mod execution;
+pub mod files;
 pub mod headers;
 pub mod ids;
 pub mod labels;
@@ -21,4 +23,4 @@ pub mod subjects;
 
 pub use api::{ErrorBody, ErrorCode, Reply};
 pub use codec::{CodecError, decode, encode};
-pub use ids::{InvalidId, NodeId, SessionId};
+pub use ids::{ExecutionId, InvalidId, NodeId, SessionId};

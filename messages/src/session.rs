@@ -53,7 +53,7 @@ pub struct UnknownValue {
 }
 
 impl UnknownValue {
-    fn new(kind: &'static str, value: &str) -> Self {
+    pub(crate) fn new(kind: &'static str, value: &str) -> Self {
         Self {
             kind,
             value: value.chars().take(64).collect(),

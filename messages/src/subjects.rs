@@ -3,7 +3,7 @@
 //! The `runtime.*` and `sessions.create` names are fixed by DESIGN.md: users, scripts and other
 //! tools depend on them. Per-node subjects carry the node id as a token of their own.
 
-use crate::ids::{NodeId, SessionId};
+use crate::ids::{ExecutionId, NodeId, SessionId};
 
 /// A node announces itself (at start, and again when a scheduler asks through [`nodes_discover`]).
 pub fn nodes_register() -> &'static str {
@@ -35,15 +35,36 @@ pub fn containers_exited() -> &'static str {
 pub enum NodeVerb {
     ContainersCreate,
     ContainersRemove,
+    ExecutionsRun,
+    FilesWrite,
+    FilesAbort,
+    FilesRead,
+    FilesList,
+    FilesDelete,
 }
 
 impl NodeVerb {
-    pub const ALL: [NodeVerb; 2] = [NodeVerb::ContainersCreate, NodeVerb::ContainersRemove];
+    pub const ALL: [NodeVerb; 8] = [
+        NodeVerb::ContainersCreate,
+        NodeVerb::ContainersRemove,
+        NodeVerb::ExecutionsRun,
+        NodeVerb::FilesWrite,
+        NodeVerb::FilesAbort,
+        NodeVerb::FilesRead,
+        NodeVerb::FilesList,
+        NodeVerb::FilesDelete,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             NodeVerb::ContainersCreate => "containers.create",
             NodeVerb::ContainersRemove => "containers.remove",
+            NodeVerb::ExecutionsRun => "executions.run",
+            NodeVerb::FilesWrite => "files.write",
+            NodeVerb::FilesAbort => "files.abort",
+            NodeVerb::FilesRead => "files.read",
+            NodeVerb::FilesList => "files.list",
+            NodeVerb::FilesDelete => "files.delete",
         }
     }
 }
@@ -74,6 +95,48 @@ pub fn session_status(session_id: &SessionId) -> String {
     format!("sessions.status.{session_id}")
 }
 
+/// The JetStream stream that keeps every execution's output and result for a while, so a client
+/// that starts streaming late still sees the output from its first byte.
+pub fn executions_stream() -> &'static str {
+    "EXECUTIONS"
+}
+
+/// Everything [`executions_stream`] captures.
+pub fn execution_events_all() -> &'static str {
+    "executions.events.>"
+}
+
+/// Both event subjects of one execution, as one filter.
+pub fn execution_events(execution_id: &ExecutionId) -> String {
+    format!("executions.events.{execution_id}.*")
+}
+
+/// A chunk of an execution's output, published by the node running it.
+pub fn execution_output(execution_id: &ExecutionId) -> String {
+    format!("executions.events.{execution_id}.output")
+}
+
+/// How an execution ended, published once by the node after its last output chunk.
+pub fn execution_result(execution_id: &ExecutionId) -> String {
+    format!("executions.events.{execution_id}.result")
+}
+
+/// Every execution's result: the filter of the consumer that records them.
+pub fn execution_results_all() -> &'static str {
+    "executions.events.*.result"
+}
+
+/// The durable consumer every scheduler replica shares to record results.
+pub fn execution_results_consumer() -> &'static str {
+    "execution-recorder"
+}
+
+/// Where the scheduler announces an execution's recorded result; a gateway waiting on a run
+/// subscribes here before it starts the run.
+pub fn execution_status(execution_id: &ExecutionId) -> String {
+    format!("executions.status.{execution_id}")
+}
+
 /// Queue group of the scheduler replicas for work any one of them may take.
 pub fn scheduler_queue_group() -> &'static str {
     "scheduler"
@@ -89,10 +152,14 @@ pub enum ApiOp {
     TemplatesList,
     NodesGet,
     NodesList,
+    ExecutionsStart,
+    ExecutionsGet,
+    ExecutionsList,
+    ExecutionsRecord,
 }
 
 impl ApiOp {
-    pub const ALL: [ApiOp; 7] = [
+    pub const ALL: [ApiOp; 11] = [
         ApiOp::SessionsGet,
         ApiOp::SessionsList,
         ApiOp::SessionsDelete,
@@ -100,6 +167,10 @@ impl ApiOp {
         ApiOp::TemplatesList,
         ApiOp::NodesGet,
         ApiOp::NodesList,
+        ApiOp::ExecutionsStart,
+        ApiOp::ExecutionsGet,
+        ApiOp::ExecutionsList,
+        ApiOp::ExecutionsRecord,
     ];
 }
 
@@ -113,6 +184,10 @@ pub fn api(op: ApiOp) -> &'static str {
         ApiOp::TemplatesList => "sandbox.api.templates.list",
         ApiOp::NodesGet => "sandbox.api.nodes.get",
         ApiOp::NodesList => "sandbox.api.nodes.list",
+        ApiOp::ExecutionsStart => "sandbox.api.executions.start",
+        ApiOp::ExecutionsGet => "sandbox.api.executions.get",
+        ApiOp::ExecutionsList => "sandbox.api.executions.list",
+        ApiOp::ExecutionsRecord => "sandbox.api.executions.record",
     }
 }
 

@@ -5,8 +5,17 @@ use std::fmt::Debug;
 
 use chrono::{TimeZone, Utc};
 use messages::api::{
-    DeleteSession, GetNode, GetSession, GetTemplate, ListNodes, ListSessions, ListTemplates,
-    NodeHealth, NodeInfo, SessionPage,
+    DeleteSession, ExecutionPage, GetExecution, GetNode, GetSession, GetTemplate, ListExecutions,
+    ListNodes, ListSessions, ListTemplates, NodeHealth, NodeInfo, RecordExecutionResult,
+    SessionPage, StartExecution,
+};
+use messages::execution::{
+    Execution, ExecutionOutput, ExecutionResult, ExecutionStarted, ExecutionStatus, Language,
+    OutputStream, RunExecution,
+};
+use messages::files::{
+    AbortUpload, DeleteFile, FileChunk, FileDeleted, FileEntry, FileKind, FileListing,
+    FileWriteProgress, ListFiles, ReadFileChunk, UploadAborted, WorkspacePath, WriteFileChunk,
 };
 use messages::node::{
     ContainerCreated, ContainerExited, ContainerReady, ContainerRemoved, CreateContainer,
@@ -16,7 +25,7 @@ use messages::node::{
 use messages::session::{
     ContainerSpec, CreateSession, NetworkMode, Resources, Session, SessionStatus, Template,
 };
-use messages::{ErrorBody, ErrorCode, NodeId, Reply, SessionId, decode, encode};
+use messages::{ErrorBody, ErrorCode, ExecutionId, NodeId, Reply, SessionId, decode, encode};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
 
@@ -105,6 +114,60 @@ fn node_info() -> NodeInfo {
         heartbeat_interval_ms: 5000,
         last_heartbeat_at: Some(at()),
         registered_at: at(),
+    }
+}
+
+fn execution_id() -> ExecutionId {
+    ExecutionId::parse("0193a1b2-7c4d-7e8f-9a0b-000000000042").expect("valid")
+}
+
+fn execution() -> Execution {
+    Execution {
+        id: execution_id(),
+        session_id: session_id(),
+        language: Language::Python,
+        code: "print(6*7)".into(),
+        status: ExecutionStatus::Completed,
+        exit_code: Some(0),
+        stdout: "42\n".into(),
+        stderr: String::new(),
+        truncated: false,
+        error: None,
+        state_lost: false,
+        return_value: Some("42".into()),
+        fresh: false,
+        timeout_secs: 30,
+        runtime_node: Some(node()),
+        duration_ms: Some(3),
+        created_at: at(),
+        started_at: Some(at()),
+        completed_at: Some(at()),
+        metrics: Some(serde_json::json!({"cpu_ms": 2.5})),
+    }
+}
+
+fn result() -> ExecutionResult {
+    ExecutionResult {
+        stdout: "42\n".into(),
+        exit_code: Some(0),
+        status: ExecutionStatus::Completed,
+        duration_ms: Some(3),
+        started_at: Some(at()),
+        ..ExecutionResult::error(execution_id(), "unused")
+    }
+}
+
+fn path(value: &str) -> WorkspacePath {
+    WorkspacePath::parse(value).expect("valid path")
+}
+
+fn file_entry() -> FileEntry {
+    FileEntry {
+        name: "data.csv".into(),
+        path: "in/data.csv".into(),
+        size: 12,
+        kind: FileKind::File,
+        modified_at: at(),
     }
 }
 
@@ -252,6 +315,106 @@ fn every_payload_round_trips() {
     round_trips(GetNode { node_id: node() });
     round_trips(ListNodes {});
     round_trips(Reply::Ok(vec![node_info()]));
+}
+
+#[test]
+fn every_execution_and_file_payload_round_trips() {
+    round_trips(RunExecution {
+        execution_id: execution_id(),
+        session_id: session_id(),
+        language: Language::Shell,
+        code: "echo hi".into(),
+        stdin: "in".into(),
+        env: BTreeMap::from([("A".into(), "1".into())]),
+        timeout_secs: 30,
+        fresh: true,
+    });
+    round_trips(Reply::Ok(ExecutionStarted {
+        execution_id: execution_id(),
+        started_at: at(),
+    }));
+    round_trips(ExecutionOutput {
+        execution_id: execution_id(),
+        seq: 7,
+        stream: OutputStream::Stderr,
+        data: vec![0, 159, 146, 150, b'\n'],
+    });
+    round_trips(result());
+    round_trips(StartExecution {
+        execution_id: execution_id(),
+        session_id: session_id(),
+        language: Language::Javascript,
+        code: "console.log(1)".into(),
+        stdin: String::new(),
+        env: BTreeMap::new(),
+        timeout_secs: 5,
+        fresh: false,
+    });
+    round_trips(Reply::Ok(execution()));
+    round_trips(GetExecution {
+        execution_id: execution_id(),
+    });
+    round_trips(ListExecutions {
+        session_id: session_id(),
+        limit: 10,
+        offset: 0,
+    });
+    round_trips(Reply::Ok(ExecutionPage {
+        executions: vec![execution()],
+        total: 1,
+        limit: 10,
+        offset: 0,
+    }));
+    round_trips(RecordExecutionResult { result: result() });
+    round_trips(WriteFileChunk {
+        session_id: session_id(),
+        path: path("in/data.csv"),
+        upload_id: "u1".into(),
+        offset: 0,
+        data: b"a,b\n1,2\n".to_vec(),
+        last: true,
+    });
+    round_trips(Reply::Ok(FileWriteProgress {
+        received: 12,
+        entry: Some(file_entry()),
+    }));
+    round_trips(AbortUpload {
+        session_id: session_id(),
+        path: path("x"),
+        upload_id: "u1".into(),
+    });
+    round_trips(Reply::Ok(UploadAborted {}));
+    round_trips(ReadFileChunk {
+        session_id: session_id(),
+        path: path("in/data.csv"),
+        offset: 4,
+        length: 1024,
+    });
+    round_trips(Reply::Ok(FileChunk {
+        data: b"1,2\n".to_vec(),
+        size: 12,
+        eof: true,
+    }));
+    round_trips(ListFiles {
+        session_id: session_id(),
+        path: path(""),
+    });
+    round_trips(Reply::Ok(FileListing {
+        path: "in".into(),
+        entries: vec![file_entry()],
+    }));
+    round_trips(DeleteFile {
+        session_id: session_id(),
+        path: path("in"),
+    });
+    round_trips(Reply::Ok(FileDeleted { path: "in".into() }));
+}
+
+#[test]
+fn a_path_that_escapes_the_workspace_is_refused_on_the_wire() {
+    let json = serde_json::json!({"session_id": "s1", "path": "../etc/passwd"});
+    let result: Result<ListFiles, _> = decode(&encode(&json).expect("encodes"));
+    assert!(result.is_err());
 }
 
 #[test]
