@@ -39,6 +39,11 @@ pub struct Config {
     /// The largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "API_GATEWAY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// The largest file an upload may carry, in bytes; larger ones get 413. Files are streamed
+    /// in chunks, so this bounds disk use in the sandbox, not the gateway's memory.
+    #[arg(long, env = "API_GATEWAY_MAX_FILE_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub max_file_bytes: u64,
 }
 
 /// A configuration value out of range.
@@ -48,6 +53,8 @@ pub enum ConfigError {
     ZeroDuration { name: &'static str },
     #[error("max_body_bytes must be between 1 and {MAX_BODY_BYTES_CEILING}, not {value}")]
     MaxBodyBytes { value: usize },
+    #[error("max_file_bytes must be more than zero")]
+    ZeroMaxFileBytes,
     #[error("nats_url must not be empty")]
     EmptyNatsUrl,
 }
@@ -70,6 +77,9 @@ impl Config {
                 value: self.max_body_bytes,
             });
         }
+        if self.max_file_bytes == 0 {
+            return Err(ConfigError::ZeroMaxFileBytes);
+        }
         if self.nats_url.trim().is_empty() {
             return Err(ConfigError::EmptyNatsUrl);
         }
@@ -91,6 +101,7 @@ mod tests {
         assert_eq!(config.create_wait, Duration::from_secs(60));
         assert_eq!(config.request_timeout, Duration::from_secs(10));
         assert_eq!(config.max_body_bytes, 1024 * 1024);
+        assert_eq!(config.max_file_bytes, 100 * 1024 * 1024);
         assert_eq!(config.validate(), Ok(()));
     }
 

@@ -3,7 +3,10 @@
 
 pub mod config;
 pub mod error;
+mod executions;
 mod extract;
+mod files;
+mod input;
 mod nodes;
 mod sessions;
 mod templates;
@@ -35,6 +38,7 @@ pub(crate) struct AppState {
     jetstream: async_nats::jetstream::Context,
     create_wait: Duration,
     request_timeout: Duration,
+    max_file_bytes: u64,
     /// Shutdown ends waiting creates early, so they answer before the server stops.
     cancel: CancellationToken,
 }
@@ -59,7 +63,7 @@ impl Running {
     }
 }
 
-/// Validates `config`, connects to NATS, makes sure the SESSIONS stream exists, binds the
+/// Validates `config`, connects to NATS, makes sure the SESSIONS and EXECUTIONS streams exist, binds the
 /// listener and starts serving; returns once requests can be taken.
 pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<Running> {
     config.validate().context("invalid configuration")?;
@@ -68,6 +72,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     // Bounds the wait for a publish ack like any other request to the control plane.
     jetstream.set_timeout(config.request_timeout);
     bus::ensure_sessions_stream(&jetstream).await?;
+    bus::ensure_executions_stream(&jetstream).await?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -81,6 +86,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         jetstream,
         create_wait: config.create_wait,
         request_timeout: config.request_timeout,
+        max_file_bytes: config.max_file_bytes,
         cancel: cancel.clone(),
     };
     let app = router(state, config.max_body_bytes);
@@ -110,6 +116,19 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route(
             "/api/v1/sessions/{id}",
             get(sessions::get).delete(sessions::delete),
+        )
+        .route(
+            "/api/v1/sessions/{id}/executions",
+            get(executions::list).post(executions::run),
+        )
+        .route("/api/v1/executions/{id}", get(executions::get))
+        .route("/api/v1/executions/{id}/stream", get(executions::stream))
+        .route("/api/v1/sessions/{id}/files", get(files::list))
+        .route(
+            "/api/v1/sessions/{id}/files/{*path}",
+            get(files::download)
+                .put(files::upload)
+                .delete(files::delete),
         )
         .route("/api/v1/templates", get(templates::list))
         .route("/api/v1/templates/{id}", get(templates::get))

@@ -23,12 +23,9 @@ use tracing::field::Empty;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::input;
 
 const MAX_TEMPLATE_ID_CHARS: usize = 128;
-const MAX_ENV_ENTRIES: usize = 64;
-const MAX_ENV_VALUE_BYTES: usize = 4 * 1024;
-const DEFAULT_PAGE_LIMIT: u32 = 50;
-const MAX_PAGE_LIMIT: u32 = 500;
 
 /// The body of `POST /api/v1/sessions`.
 #[derive(Debug, Deserialize)]
@@ -49,38 +46,8 @@ impl CreateSessionBody {
                 "template_id must have 1 to {MAX_TEMPLATE_ID_CHARS} characters"
             )));
         }
-        if self.env.len() > MAX_ENV_ENTRIES {
-            return Err(invalid(format!(
-                "env may have at most {MAX_ENV_ENTRIES} entries, not {}",
-                self.env.len()
-            )));
-        }
-        for (name, value) in &self.env {
-            if !is_env_name(name) {
-                return Err(invalid(format!(
-                    "env name {name:?} is not valid: use [A-Za-z_][A-Za-z0-9_]*"
-                )));
-            }
-            if value.len() > MAX_ENV_VALUE_BYTES {
-                return Err(invalid(format!(
-                    "env value of {name} is longer than {MAX_ENV_VALUE_BYTES} bytes"
-                )));
-            }
-            // A process environment cannot carry NUL; the container engine would refuse it late.
-            if value.contains('\0') {
-                return Err(invalid(format!("env value of {name} contains a NUL byte")));
-            }
-        }
-        Ok(())
+        input::check_env(&self.env)
     }
-}
-
-fn is_env_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    bytes
-        .next()
-        .is_some_and(|first| first.is_ascii_alphabetic() || first == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// The query of `POST /api/v1/sessions`.
@@ -284,13 +251,7 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<SessionPage>, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE_LIMIT);
-    if !(1..=MAX_PAGE_LIMIT).contains(&limit) {
-        return Err(ApiError::invalid(
-            StatusCode::BAD_REQUEST,
-            format!("limit must be between 1 and {MAX_PAGE_LIMIT}"),
-        ));
-    }
+    let limit = input::page_limit(query.limit)?;
     let request = ListSessions {
         status: query.status,
         template_id: query.template_id,
@@ -335,6 +296,7 @@ async fn ask_about_session<R: ApiRequest<Response = Session>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::input::{MAX_ENV_ENTRIES, MAX_ENV_VALUE_BYTES};
 
     fn body(template_id: &str, env: &[(&str, &str)]) -> CreateSessionBody {
         CreateSessionBody {

@@ -8,8 +8,9 @@ use anyhow::bail;
 use async_nats::Message;
 use futures::StreamExt as _;
 use messages::api::{
-    ApiRequest, DeleteSession, GetNode, GetSession, GetTemplate, ListNodes, ListSessions,
-    ListTemplates, NodeInfo, SessionPage,
+    ApiRequest, DeleteSession, GetExecution, GetNode, GetSession, GetTemplate, ListExecutions,
+    ListNodes, ListSessions, ListTemplates, NodeInfo, RecordExecutionResult, SessionPage,
+    StartExecution,
 };
 use messages::session::{Session, SessionStatus, Template};
 use messages::subjects::{self, ApiOp};
@@ -99,6 +100,30 @@ async fn answer(scheduler: &Scheduler, op: ApiOp, message: &Message) {
         ApiOp::NodesList => {
             respond(scheduler, message, |_: ListNodes| async move {
                 Ok(scheduler.fleet().infos(Instant::now()))
+            })
+            .await;
+        }
+        ApiOp::ExecutionsStart => {
+            respond(scheduler, message, |r: StartExecution| {
+                scheduler.api_start_execution(r)
+            })
+            .await;
+        }
+        ApiOp::ExecutionsGet => {
+            respond(scheduler, message, |r: GetExecution| {
+                scheduler.api_get_execution(r)
+            })
+            .await;
+        }
+        ApiOp::ExecutionsList => {
+            respond(scheduler, message, |r: ListExecutions| {
+                scheduler.api_list_executions(r)
+            })
+            .await;
+        }
+        ApiOp::ExecutionsRecord => {
+            respond(scheduler, message, |r: RecordExecutionResult| {
+                scheduler.api_record_execution(r)
             })
             .await;
         }

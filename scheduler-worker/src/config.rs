@@ -34,6 +34,10 @@ pub struct Config {
     #[arg(long, env = "SCHEDULER_REMOVE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub remove_timeout: Duration,
 
+    /// How long a node may take to start a code execution (not to finish it).
+    #[arg(long, env = "SCHEDULER_RUN_START_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub run_start_timeout: Duration,
+
     /// How long a taken request may go unacknowledged before JetStream hands it to another
     /// replica; work in progress extends it.
     #[arg(long, env = "SCHEDULER_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]

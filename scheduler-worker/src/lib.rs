@@ -5,6 +5,7 @@
 mod api;
 pub mod config;
 mod events;
+mod executions;
 pub mod fleet;
 mod placement;
 mod scheduler;
@@ -62,6 +63,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     let (view_subscriptions, recorder_subscriptions) = events::subscribe(&nats).await?;
     let api_subscriptions = api::subscribe(&nats).await?;
     let consumer = sessions::consumer(&scheduler).await?;
+    let results_consumer = executions::results_consumer(&scheduler).await?;
 
     let mut tasks = Tasks::new(cancel.clone());
     tasks.spawn(
@@ -76,10 +78,18 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     // 4. Ask the nodes to announce themselves, so the view is complete within moments.
     events::discover_all(&nats).await?;
 
-    // 5. Serve: the gateway's requests and the session work queue.
+    // 5. Serve: the gateway's requests, execution results, and the session work queue.
     tasks.spawn(
         "api",
         api::serve(scheduler.clone(), api_subscriptions, cancel.clone()),
+    );
+    tasks.spawn(
+        "execution-results",
+        executions::record_results(scheduler.clone(), results_consumer, cancel.clone()),
+    );
+    tasks.spawn(
+        "overdue-executions",
+        executions::sweep_overdue(scheduler.clone(), cancel.clone()),
     );
     // Session work waits until the nodes the database remembers could be heard from again,
     // so a restarted replica does not fail queued requests for want of a view.

@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 
 use messages::api::ListSessions;
+use messages::execution::{Execution, ExecutionResult, ExecutionStatus, Language};
 use messages::node::{Heartbeat, NodeRegistration, NodeSelfStatus};
 use messages::session::{NetworkMode, Resources, Session, SessionStatus};
-use messages::{ErrorCode, NodeId, SessionId};
+use messages::{ErrorCode, ExecutionId, NodeId, SessionId};
 use sandbox_ops::testkit::Postgres;
 use scheduler_worker::store::{self, Store, Transition};
 
@@ -257,6 +258,7 @@ async fn store_on_sqlite() {
     let url = format!("sqlite://{}/sandbox.db", dir.path().display());
     let store = Store::connect(&url).await.expect("connects");
     behaves_as_designed(&store).await;
+    executions_behave_as_designed(&store).await;
     // Connecting again migrates nothing twice and keeps the data.
     let again = Store::connect(&url).await.expect("reconnects");
     assert_eq!(again.list_templates().await.expect("lists").len(), 2);
@@ -274,6 +276,7 @@ async fn store_on_postgres() {
     let url = postgres.url();
     let store = Store::connect(&url).await.expect("connects");
     behaves_as_designed(&store).await;
+    executions_behave_as_designed(&store).await;
     Store::connect(&url).await.expect("reconnects");
 
     let pool = sqlx::PgPool::connect(&url).await.expect("connects");
@@ -302,4 +305,108 @@ async fn store_on_postgres() {
             .await
             .expect("the seed's template query runs");
     assert_eq!(image, "sandbox-executor:v1.0");
+}
+
+fn execution(id: &str, session_id: &str, created_at: chrono::DateTime<chrono::Utc>) -> Execution {
+    Execution {
+        id: ExecutionId::parse(id).expect("valid id"),
+        session_id: SessionId::parse(session_id).expect("valid id"),
+        language: Language::Python,
+        code: "print(6*7)".into(),
+        status: ExecutionStatus::Running,
+        exit_code: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        truncated: false,
+        error: None,
+        state_lost: false,
+        return_value: None,
+        fresh: false,
+        timeout_secs: 30,
+        runtime_node: Some(node_id()),
+        duration_ms: None,
+        created_at,
+        started_at: None,
+        completed_at: None,
+        metrics: None,
+    }
+}
+
+/// Executions: recorded running, listed newest first per session, and given exactly one result.
+async fn executions_behave_as_designed(store: &Store) {
+    let base = store::now();
+    for (index, id) in ["e-1", "e-2", "e-3"].into_iter().enumerate() {
+        let at = base + chrono::Duration::milliseconds(i64::try_from(index).expect("small"));
+        store
+            .insert_execution(&execution(id, "s-exec", at))
+            .await
+            .expect("inserts");
+    }
+    store
+        .insert_execution(&execution("e-other", "s-other", base))
+        .await
+        .expect("inserts");
+    let (page, total) = store
+        .list_executions(&SessionId::parse("s-exec").expect("valid"), 2, 0)
+        .await
+        .expect("lists");
+    assert_eq!(total, 3);
+    let ids: Vec<&str> = page.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["e-3", "e-2"]);
+
+    let id = ExecutionId::parse("e-1").expect("valid");
+    let completed = ExecutionResult {
+        status: ExecutionStatus::Completed,
+        exit_code: Some(0),
+        stdout: "42\n".into(),
+        duration_ms: Some(4),
+        started_at: Some(base),
+        return_value: Some("None".into()),
+        metrics: Some(serde_json::json!({"cpu_ms": 3})),
+        ..ExecutionResult::error(id.clone(), "unused")
+    };
+    let completed = ExecutionResult {
+        error: None,
+        ..completed
+    };
+    let (recorded, changed) = store
+        .record_execution_result(&completed)
+        .await
+        .expect("records")
+        .expect("exists");
+    assert!(changed);
+    assert_eq!(recorded.status, ExecutionStatus::Completed);
+    assert_eq!(recorded.stdout, "42\n");
+    assert_eq!(recorded.exit_code, Some(0));
+    assert_eq!(recorded.metrics, Some(serde_json::json!({"cpu_ms": 3})));
+    assert_eq!(recorded.started_at, Some(base));
+
+    // A later result (say, the overdue sweep's) never overwrites the first.
+    let late = ExecutionResult::error(id.clone(), "no result came");
+    let (after, changed) = store
+        .record_execution_result(&late)
+        .await
+        .expect("runs")
+        .expect("exists");
+    assert!(!changed);
+    assert_eq!(after, recorded);
+    assert_eq!(
+        store.get_execution(&id).await.expect("reads"),
+        Some(recorded)
+    );
+
+    let unknown = ExecutionResult::error(ExecutionId::parse("e-none").expect("valid"), "x");
+    assert!(
+        store
+            .record_execution_result(&unknown)
+            .await
+            .expect("runs")
+            .is_none()
+    );
+    let overdue = store
+        .running_executions_created_before(base + chrono::Duration::seconds(1))
+        .await
+        .expect("lists");
+    let overdue: Vec<&str> = overdue.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(overdue, ["e-other", "e-2", "e-3"]);
 }

@@ -240,3 +240,37 @@ pub async fn ensure_sessions_stream(
             )
         })
 }
+
+/// The JetStream stream holding every execution's output and result, created by the gateway and
+/// the scheduler at start. Limits retention: a client streaming a run late replays it from the
+/// start, and the scheduler's recorder reads the results; after an hour the events go, since the
+/// result is in the database by then. Old events make room for new ones.
+pub async fn ensure_executions_stream(
+    jetstream: &async_nats::jetstream::Context,
+) -> anyhow::Result<async_nats::jetstream::stream::Stream> {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+    let config = Config {
+        name: subjects::executions_stream().to_owned(),
+        subjects: vec![subjects::execution_events_all().to_owned()],
+        retention: RetentionPolicy::Limits,
+        storage: StorageType::File,
+        discard: DiscardPolicy::Old,
+        max_age: Duration::from_secs(3600),
+        max_bytes: EXECUTIONS_STREAM_MAX_BYTES,
+        // A result published again (say, by a node retrying) within this window is dropped.
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    jetstream
+        .get_or_create_stream(config)
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "creating the {} stream: {error}",
+                subjects::executions_stream()
+            )
+        })
+}
+
+/// How much execution output the EXECUTIONS stream keeps before it drops the oldest.
+const EXECUTIONS_STREAM_MAX_BYTES: i64 = 1 << 30;

@@ -51,7 +51,10 @@ macro_rules! on_pool {
     };
 }
 
-/// The database of sessions, templates and nodes. Cheap to clone.
+// After `on_pool!`, which it uses.
+mod executions;
+
+/// The database of sessions, templates, nodes and executions. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,

@@ -6,7 +6,8 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use messages::node::NodeRegistration;
 use messages::session::{NetworkMode, Resources, Session, SessionStatus, Template};
-use messages::{ErrorCode, NodeId, SessionId};
+use messages::execution::{Execution, ExecutionStatus, Language};
+use messages::{ErrorCode, ExecutionId, NodeId, SessionId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -214,6 +215,79 @@ impl TryFrom<NodeRow> for NodeRecord {
             allocated_cpu_cores: row.allocated_cpu_cores,
             allocated_memory_mb: check.unsigned("allocated_memory_mb", row.allocated_memory_mb)?,
             last_heartbeat_at: row.last_heartbeat_at,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct ExecutionRow {
+    id: String,
+    session_id: String,
+    status: String,
+    language: String,
+    code: String,
+    stdout: String,
+    stderr: String,
+    exit_code: Option<i64>,
+    truncated: bool,
+    error: Option<String>,
+    state_lost: bool,
+    return_value: Option<String>,
+    fresh: bool,
+    timeout_secs: i64,
+    runtime_node: Option<String>,
+    duration_ms: Option<i64>,
+    metrics: Option<String>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    completed_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<ExecutionRow> for Execution {
+    type Error = StoreError;
+    fn try_from(row: ExecutionRow) -> Result<Self, StoreError> {
+        let check = Check {
+            table: "executions",
+            id: row.id.clone(),
+        };
+        Ok(Execution {
+            id: check.parse::<ExecutionId>("id", &row.id)?,
+            session_id: check.parse::<SessionId>("session_id", &row.session_id)?,
+            language: check.parse::<Language>("language", &row.language)?,
+            code: row.code,
+            status: check.parse::<ExecutionStatus>("status", &row.status)?,
+            exit_code: row
+                .exit_code
+                .map(|code| {
+                    i32::try_from(code)
+                        .map_err(|_| check.corrupt(format!("exit_code = {code} is out of range")))
+                })
+                .transpose()?,
+            stdout: row.stdout,
+            stderr: row.stderr,
+            truncated: row.truncated,
+            error: row.error,
+            state_lost: row.state_lost,
+            return_value: row.return_value,
+            fresh: row.fresh,
+            timeout_secs: check.unsigned("timeout_secs", row.timeout_secs)?,
+            runtime_node: row
+                .runtime_node
+                .as_deref()
+                .map(|node| check.parse::<NodeId>("runtime_node", node))
+                .transpose()?,
+            duration_ms: row
+                .duration_ms
+                .map(|ms| check.unsigned("duration_ms", ms))
+                .transpose()?,
+            metrics: row
+                .metrics
+                .as_deref()
+                .map(|text| check.json("metrics", text))
+                .transpose()?,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            completed_at: row.completed_at,
         })
     }
 }

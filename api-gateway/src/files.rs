@@ -1,0 +1,270 @@
+//! Files of a session under `/api/v1/sessions/{id}/files`: upload, download, list, delete. Data
+//! moves in chunks of [`CHUNK_BYTES`], one NATS request each, so no hop holds a whole file and a
+//! slow side slows the other down instead of filling memory.
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
+use messages::api::GetSession;
+use messages::files::{
+    AbortUpload, CHUNK_BYTES, DeleteFile, FileChunk, FileDeleted, FileListing, ListFiles,
+    ReadFileChunk, WorkspacePath, WriteFileChunk,
+};
+use messages::node::NodeCommand;
+use messages::session::SessionStatus;
+use messages::{ErrorCode, NodeId, SessionId};
+use serde::Deserialize;
+use service_kit::bus;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{ApiPath, ApiQuery};
+
+/// The session's node, if the session runs; 404 or 409 otherwise.
+async fn running_session_node(state: &AppState, id: &str) -> Result<(SessionId, NodeId), ApiError> {
+    let session_id = SessionId::parse(id).map_err(|_| ApiError::not_found("session", id))?;
+    let request = GetSession {
+        session_id: session_id.clone(),
+    };
+    let session = ApiError::found(
+        "session",
+        id,
+        bus::api_request(&state.nats, &request, state.request_timeout).await,
+    )?;
+    match (session.status, session.runtime_node) {
+        (SessionStatus::Running, Some(node)) => Ok((session_id, node)),
+        (status, _) => Err(ApiError::from_code(
+            ErrorCode::Conflict,
+            format!("session '{id}' is {status}; its files are reachable only while it runs"),
+        )),
+    }
+}
+
+fn parse_path(path: &str) -> Result<WorkspacePath, ApiError> {
+    WorkspacePath::parse(path).map_err(|error| {
+        ApiError::invalid(StatusCode::BAD_REQUEST, format!("path {path:?}: {error}"))
+    })
+}
+
+/// A path that names a file (not `/workspace` itself).
+fn parse_file_path(path: &str) -> Result<WorkspacePath, ApiError> {
+    let path = parse_path(path)?;
+    if path.is_root() {
+        return Err(ApiError::invalid(
+            StatusCode::BAD_REQUEST,
+            "the path must name a file inside /workspace",
+        ));
+    }
+    Ok(path)
+}
+
+async fn ask_node<C: NodeCommand>(
+    state: &AppState,
+    node: &NodeId,
+    command: &C,
+) -> Result<C::Response, ApiError> {
+    Ok(bus::node_request(&state.nats, node, command, state.request_timeout).await?)
+}
+
+/// `PUT /api/v1/sessions/{id}/files/{path}`: the body becomes `/workspace/{path}`, replacing a
+/// file there; missing folders are made. The file appears whole or not at all.
+#[tracing::instrument(name = "gateway.upload_file", skip_all, fields(session_id = %id, path = %path))]
+pub(crate) async fn upload(
+    State(state): State<AppState>,
+    ApiPath((id, path)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let path = parse_file_path(&path)?;
+    let limit = state.max_file_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large(limit));
+    }
+    let (session_id, node) = running_session_node(&state, &id).await?;
+    let upload_id = uuid::Uuid::now_v7().simple().to_string();
+    let mut upload = Upload {
+        state: &state,
+        node: &node,
+        chunk: WriteFileChunk {
+            session_id,
+            path,
+            upload_id,
+            offset: 0,
+            data: Vec::with_capacity(CHUNK_BYTES),
+            last: false,
+        },
+    };
+    match upload.send_body(body, limit).await {
+        Ok(entry) => Ok((StatusCode::CREATED, Json(entry)).into_response()),
+        Err(error) => {
+            upload.abort().await;
+            Err(error)
+        }
+    }
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::rejected(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("files may be at most {limit} bytes"),
+    )
+}
+
+/// One upload in progress: the chunk being filled and where it goes.
+struct Upload<'a> {
+    state: &'a AppState,
+    node: &'a NodeId,
+    chunk: WriteFileChunk,
+}
+
+impl Upload<'_> {
+    async fn send_body(
+        &mut self,
+        body: Body,
+        limit: u64,
+    ) -> Result<messages::files::FileEntry, ApiError> {
+        let mut frames = body.into_data_stream();
+        let mut received: u64 = 0;
+        while let Some(frame) = frames.next().await {
+            let mut bytes: Bytes = frame.map_err(|error| {
+                ApiError::invalid(StatusCode::BAD_REQUEST, format!("reading the body: {error}"))
+            })?;
+            received += bytes.len() as u64;
+            if received > limit {
+                return Err(too_large(limit));
+            }
+            while !bytes.is_empty() {
+                let room = CHUNK_BYTES - self.chunk.data.len();
+                let part = bytes.split_to(room.min(bytes.len()));
+                self.chunk.data.extend_from_slice(&part);
+                if self.chunk.data.len() == CHUNK_BYTES {
+                    self.send(false).await?;
+                }
+            }
+        }
+        let progress = self.send(true).await?;
+        progress.entry.ok_or_else(|| {
+            ApiError::from_code(ErrorCode::RuntimeError, "the node did not describe the file")
+        })
+    }
+
+    async fn send(&mut self, last: bool) -> Result<messages::files::FileWriteProgress, ApiError> {
+        self.chunk.last = last;
+        let progress = ask_node(self.state, self.node, &self.chunk).await?;
+        self.chunk.offset += self.chunk.data.len() as u64;
+        self.chunk.data.clear();
+        Ok(progress)
+    }
+
+    /// Drops the temporary file of an upload that did not finish. Best effort: the node also
+    /// loses it with the session.
+    async fn abort(&self) {
+        let command = AbortUpload {
+            session_id: self.chunk.session_id.clone(),
+            path: self.chunk.path.clone(),
+            upload_id: self.chunk.upload_id.clone(),
+        };
+        if let Err(error) = ask_node(self.state, self.node, &command).await {
+            tracing::warn!(error = %error.message, "could not drop an unfinished upload");
+        }
+    }
+}
+
+/// `GET /api/v1/sessions/{id}/files/{path}`: the file's bytes, streamed as they are read.
+#[tracing::instrument(name = "gateway.download_file", skip_all, fields(session_id = %id, path = %path))]
+pub(crate) async fn download(
+    State(state): State<AppState>,
+    ApiPath((id, path)): ApiPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    let path = parse_file_path(&path)?;
+    let (session_id, node) = running_session_node(&state, &id).await?;
+    let mut request = ReadFileChunk {
+        session_id,
+        path,
+        offset: 0,
+        length: u32::try_from(CHUNK_BYTES).unwrap_or(u32::MAX),
+    };
+    // The first chunk is read before answering, so a missing file is a 404, not a broken body.
+    let first: FileChunk = ask_node(&state, &node, &request).await?;
+    // The length is fixed by the first read; a file that grows meanwhile is cut there.
+    let size = first.size;
+    request.offset = first.data.len() as u64;
+    let done = first.eof || request.offset >= size;
+    let first_bytes = Bytes::from(first.data);
+    let rest = futures::stream::unfold(
+        (state, node, request, done),
+        move |(state, node, mut request, done)| async move {
+            if done {
+                return None;
+            }
+            match ask_node(&state, &node, &request).await {
+                Ok(chunk) => {
+                    let remaining = size.saturating_sub(request.offset);
+                    let take = usize::try_from(remaining)
+                        .unwrap_or(usize::MAX)
+                        .min(chunk.data.len());
+                    let mut data = chunk.data;
+                    data.truncate(take);
+                    request.offset += data.len() as u64;
+                    let done = chunk.eof || data.is_empty() || request.offset >= size;
+                    Some((Ok(Bytes::from(data)), (state, node, request, done)))
+                }
+                Err(error) => Some((
+                    Err(std::io::Error::other(error.message)),
+                    (state, node, request, true),
+                )),
+            }
+        },
+    );
+    let body = futures::stream::once(async move { Ok::<_, std::io::Error>(first_bytes) }).chain(rest);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, size.to_string()),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// The query of `GET /api/v1/sessions/{id}/files`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    #[serde(default)]
+    path: String,
+}
+
+/// `GET /api/v1/sessions/{id}/files?path=dir`: a folder's entries (`/workspace` without a path).
+#[tracing::instrument(name = "gateway.list_files", skip_all, fields(session_id = %id))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<FileListing>, ApiError> {
+    let path = parse_path(&query.path)?;
+    let (session_id, node) = running_session_node(&state, &id).await?;
+    Ok(Json(
+        ask_node(&state, &node, &ListFiles { session_id, path }).await?,
+    ))
+}
+
+/// `DELETE /api/v1/sessions/{id}/files/{path}`: a file, or a folder with its contents.
+#[tracing::instrument(name = "gateway.delete_file", skip_all, fields(session_id = %id, path = %path))]
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    ApiPath((id, path)): ApiPath<(String, String)>,
+) -> Result<Json<FileDeleted>, ApiError> {
+    let path = parse_file_path(&path)?;
+    let (session_id, node) = running_session_node(&state, &id).await?;
+    Ok(Json(
+        ask_node(&state, &node, &DeleteFile { session_id, path }).await?,
+    ))
+}
