@@ -2,15 +2,19 @@
 # Builds the sandbox executor image (sandbox-executor:v1.0) without any container registry:
 # debootstrap makes a minimal Debian root filesystem with the packages listed in
 # ops/images/executor.packages, the script adds the unprivileged user `sandbox` (uid/gid 1000,
-# home /workspace), strips apt lists, docs, man pages and locales, and `docker import`s the result.
+# home /workspace), strips apt lists, docs, man pages and locales, adds the executor agent
+# (ops/images/agent/, speaking agent/PROTOCOL.md) under /opt/sandbox as the image's command, and
+# `docker import`s the result, then checks that the agent answers a ping.
 #
 # Caching:
 # - the image carries the label io.sandbox.build-hash, a hash of this script, the package list,
-#   the suite and the architecture; when the image already has the current hash, the script
-#   exits at once;
-# - the finished root filesystem is kept as a tarball in ops/.cache/ under that hash, so a
-#   rebuild after `docker rmi` only re-imports it; downloaded .debs are kept there too, so a
-#   changed package list does not download everything again.
+#   the suite, the architecture and the agent files; when the image already has the current
+#   hash, the script exits at once;
+# - the debootstrapped root filesystem (without the agent) is kept as a tarball in ops/.cache/
+#   under a hash of only what shapes it (suite, architecture, package list and the functions
+#   that make it), so a rebuild after `docker rmi` or a change of the agent only copies it,
+#   appends /opt/sandbox and re-imports; downloaded .debs are kept there too, so a changed
+#   package list does not download everything again.
 #
 # Needs root (debootstrap, chroot) and a running Docker engine; install-deps.sh installs
 # debootstrap. Prints the time of each step.
@@ -31,6 +35,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 IMAGE="${SANDBOX_EXECUTOR_IMAGE:-sandbox-executor:v1.0}"
 SUITE="${SANDBOX_IMAGE_SUITE:-bookworm}"
 PACKAGES_FILE="$SANDBOX_OPS_DIR/images/executor.packages"
+AGENT_DIR="$SANDBOX_OPS_DIR/images/agent"
+# Installed into /opt/sandbox; agent.py is the image's command.
+AGENT_FILES=(agent.py kernel.py)
+PROTOCOL_VERSION=1
 CACHE_DIR="${SANDBOX_CACHE_DIR:-$SANDBOX_OPS_DIR/.cache}"
 REBUILD="${SANDBOX_IMAGE_REBUILD:-0}"
 HASH_LABEL="io.sandbox.build-hash"
@@ -44,13 +52,29 @@ packages() {
     sed -e 's/#.*//' -e 's/[[:space:]]//g' -e '/^$/d' "$PACKAGES_FILE" | sort -u
 }
 
-build_hash() {
+# Key of the cached root filesystem: what debootstrap, configure_rootfs and strip_rootfs get
+# and do (declare -f prints the functions' current bodies, so editing one changes the key).
+rootfs_hash() {
     {
         printf 'suite=%s\narch=%s\n' "$SUITE" "$(dpkg --print-architecture)"
         printf -- '--- packages\n'
         packages
+        printf -- '--- functions\n'
+        declare -f packages run_debootstrap configure_rootfs strip_rootfs
+    } | sha256sum | cut -d ' ' -f 1
+}
+
+# Label of the finished image: the root filesystem, this whole script and the agent files.
+build_hash() {
+    local file
+    {
+        printf 'rootfs=%s\n' "$(rootfs_hash)"
         printf -- '--- script\n'
         cat "${BASH_SOURCE[0]}"
+        for file in "${AGENT_FILES[@]}"; do
+            printf -- '--- agent/%s\n' "$file"
+            cat "$AGENT_DIR/$file"
+        done
     } | sha256sum | cut -d ' ' -f 1
 }
 
@@ -161,7 +185,11 @@ EOF
         package_installed "$package" "$rootfs" ||
             die "package $package from $PACKAGES_FILE is not installed in the image"
     done < <(packages)
-    chroot "$rootfs" python3 -c 'print(6 * 7)' | grep -qx 42 || die "python3 does not run in the new image"
+    # env -i: the build machine's variables (say, NODE_EXTRA_CA_CERTS) must not leak in.
+    chroot "$rootfs" env -i PATH=/usr/bin:/bin python3 -c 'print(6 * 7)' | grep -qx 42 ||
+        die "python3 does not run in the new image"
+    chroot "$rootfs" env -i PATH=/usr/bin:/bin node -e 'console.log(6 * 7)' | grep -qx 42 ||
+        die "node does not run in the new image"
 }
 
 strip_rootfs() {
@@ -178,16 +206,37 @@ strip_rootfs() {
     find "$rootfs/var/log" -type f -delete
 }
 
+# add_agent ROOTFS_TAR OUT_TAR: a copy of ROOTFS_TAR with /opt/sandbox (the agent files)
+# appended, owned by root and read-only for the sandbox user.
+add_agent() {
+    local rootfs_tar="$1" out="$2" stage="$workdir/agent" file
+    mkdir -p "$stage/opt"
+    install -d -m 0755 "$stage/opt/sandbox"
+    for file in "${AGENT_FILES[@]}"; do
+        install -m 0644 "$AGENT_DIR/$file" "$stage/opt/sandbox/$file"
+    done
+    cp -- "$rootfs_tar" "$out"
+    tar -C "$stage" --numeric-owner --owner=0 --group=0 -rf "$out" ./opt/sandbox
+}
+
+# The image's command is the agent: it must answer a ping (it exits when its stdin ends).
+check_agent() {
+    local answer
+    answer="$(printf '{"op":"ping","req":1}\n' | docker run --rm -i --network none "$IMAGE" 2>&1)"
+    grep -q '"req":1,"ok":true,"protocol":1' <<<"$answer" || die "the agent in $IMAGE does not answer a ping: $answer"
+}
+
 import_image() {
     local tarball="$1" hash="$2"
     docker import \
-        --change 'CMD ["sleep","infinity"]' \
+        --change 'CMD ["python3","-u","/opt/sandbox/agent.py"]' \
         --change 'WORKDIR /workspace' \
         --change 'USER sandbox' \
         --change 'ENV LANG=C.UTF-8' \
         --change 'ENV PYTHONUNBUFFERED=1' \
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change "LABEL $HASH_LABEL=$hash" \
+        --change "LABEL io.sandbox.executor-protocol=$PROTOCOL_VERSION" \
         --message "built by ops/images/build.sh from $(basename "$PACKAGES_FILE")" \
         "$tarball" "$IMAGE" >/dev/null
 }
@@ -201,7 +250,6 @@ main() {
         return 0
     fi
     require_root "building $IMAGE"
-    require_cmd debootstrap "run ops/install-deps.sh (apt-get install debootstrap)"
     mkdir -p "$CACHE_DIR"
 
     # One build at a time (up.sh and test.sh may run side by side).
@@ -215,13 +263,16 @@ main() {
         return 0
     fi
 
-    local cached="$CACHE_DIR/executor-rootfs-${hash:0:16}.tar"
+    workdir="$(mktemp -d "${TMPDIR:-/var/tmp}/sandbox-executor.XXXXXX")"
+    local rootfs_key cached
+    rootfs_key="$(rootfs_hash)"
+    cached="$CACHE_DIR/executor-rootfs-${rootfs_key:0:16}.tar"
     if [[ "$REBUILD" != 1 && -s "$cached" ]]; then
         info "reusing the cached root filesystem $cached (no debootstrap)"
     else
+        require_cmd debootstrap "run ops/install-deps.sh (apt-get install debootstrap)"
         local mirror rootfs
         mirror="$(debian_mirror)"
-        workdir="$(mktemp -d "${TMPDIR:-/var/tmp}/sandbox-executor.XXXXXX")"
         rootfs="$workdir/rootfs"
         run_step "debootstrap $SUITE" run_debootstrap "$rootfs" "$mirror"
         run_step "configure the root filesystem" configure_rootfs "$rootfs"
@@ -230,14 +281,18 @@ main() {
         run_step "pack the root filesystem" tar -C "$rootfs" --numeric-owner -cf "$tmp_tar" .
         mv -f -- "$tmp_tar" "$cached"
         tmp_tar=""
-        cleanup
-        workdir=""
     fi
 
-    local old_id new_id
+    local old_id new_id image_tar="$workdir/image.tar"
+    run_step "add the agent (/opt/sandbox)" add_agent "$cached" "$image_tar"
     old_id="$(docker image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
-    run_step "docker import $IMAGE" import_image "$cached" "$hash"
+    run_step "docker import $IMAGE" import_image "$image_tar" "$hash"
     new_id="$(docker image inspect --format '{{.Id}}' "$IMAGE")"
+    if ! run_step "check the agent" check_agent; then
+        # Untag it, so the next run builds again instead of calling this image up to date.
+        docker image rm "$IMAGE" >/dev/null 2>&1 || true
+        die "$IMAGE failed its check"
+    fi
     if [[ -n "$old_id" && "$old_id" != "$new_id" ]]; then
         # The previous build is now untagged; drop it unless a container still uses it.
         docker image rm "$old_id" >/dev/null 2>&1 || true
