@@ -47,6 +47,17 @@ DRAIN_BUDGET = 0.1  # most seconds spent reading what an ended run left in a pip
 KILL_PATIENCE = 10.0  # give up (and log) when a run's processes outlive this many seconds of SIGKILL
 UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 LANGUAGES = ("python", "shell", "javascript")
+# Runs the JavaScript file named by argv[1] as if it were /workspace/[execution], so that
+# require('./x') and node_modules resolve from the user's folder, not from /tmp.
+NODE_RUNNER = ["node", "-e", (
+    "const Module = require('module');"
+    "const name = '/workspace/[execution]';"
+    "const code = require('fs').readFileSync(process.argv[1], 'utf8');"
+    "const main = new Module(name, null);"
+    "main.filename = name;"
+    "main.paths = Module._nodeModulePaths('/workspace');"
+    "main._compile(code, name);"
+)]
 # The container's OOM-kill counter: cgroup v2, then v1.
 OOM_FILES = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
 ERRNO_CODES = {
@@ -624,11 +635,14 @@ class Agent:
             argv = ["sh", "-c", run.code]
         else:
             python = run.language == "python"
-            suffix, interpreter = (".py", ["python3", "-u"]) if python else (".js", ["node"])
+            suffix, interpreter = (".py", ["python3", "-u"]) if python else (".js", NODE_RUNNER)
             fd, code_file = tempfile.mkstemp(prefix="sandbox-run-", suffix=suffix)
             with os.fdopen(fd, "w", encoding="utf-8") as file:
                 file.write(run.code)
             argv = [*interpreter, code_file]
+            if python:
+                # The code file sits in /tmp; imports should find the user's modules first.
+                run.env = {"PYTHONPATH": WORKSPACE, **run.env}
         try:
             return await self.run_process(run, argv)
         finally:
