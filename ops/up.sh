@@ -243,8 +243,11 @@ wait_for_api() {
     return 1
 }
 
-start_service nats-server "$NATS_BIN" -js -a "$NATS_HOST" -p "$NATS_PORT" -sd "$RUN_DIR/nats" \
-    -n sandbox-nats
+# An execution's result carries up to 1 MiB of stdout and of stderr: raise NATS's 1 MB default
+# message size (only settable in a config file).
+printf 'max_payload: 8MB\n' >"$RUN_DIR/nats.conf"
+start_service nats-server "$NATS_BIN" -c "$RUN_DIR/nats.conf" -js -a "$NATS_HOST" -p "$NATS_PORT" \
+    -sd "$RUN_DIR/nats" -n sandbox-nats
 wait_for_nats || die "nats-server did not come up"
 
 start_service scheduler-worker env SCHEDULER_NATS_URL="$NATS_URL" DATABASE_URL="$DATABASE_URL" \

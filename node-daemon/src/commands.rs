@@ -1,6 +1,8 @@
-//! Answers the commands on `runtime.cmd.<node_id>.<verb>`: make and remove session containers.
-//! Each request runs in a task of its own, so a slow create does not hold up the others.
+//! Answers the commands on `runtime.cmd.<node_id>.<verb>`, and makes and removes session
+//! containers (the other verbs are in `executions.rs` and `files.rs`). Each request runs in a
+//! task of its own, so a slow create does not hold up the others.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +39,11 @@ pub(crate) trait Command: NodeCommand<Response: Send + Sync> + Send + 'static {
 
     /// The session the command is about; one session's commands run one at a time.
     fn session_id(&self) -> &SessionId;
+
+    /// Whether the session's lock is held for the whole command. Commands that talk to the
+    /// session's agent hold it only while finding the agent (`agent::for_session`), so an agent
+    /// slow to answer does not hold up a remove.
+    const LOCKS_WHOLE_COMMAND: bool = true;
 
     fn run(self, node: &Node) -> impl Future<Output = Result<Self::Response, ErrorBody>> + Send;
 }
@@ -120,7 +127,11 @@ async fn answer<C: Command>(node: Arc<Node>, message: Message) {
             let span = command.span();
             bus::adopt_remote_parent(&span, message.headers.as_ref());
             async {
-                let _one_at_a_time = node.lock_session(command.session_id()).await;
+                let _one_at_a_time = if C::LOCKS_WHOLE_COMMAND {
+                    Some(node.lock_session(command.session_id()).await)
+                } else {
+                    None
+                };
                 let reply = Reply::from(command.run(&node).await);
                 if let Reply::Error(error) = &reply {
                     tracing::warn!(%error, "command refused");
@@ -287,6 +298,7 @@ async fn remove_container(
             check_owned(node, &existing)?;
             let removed = node.docker.remove(&existing.id).await?;
             node.ledger().forget(&session_id, &existing.id);
+            node.agents.forget(&session_id, &existing.id);
             removed
         }
     };
@@ -320,18 +332,27 @@ fn check_request(command: &CreateContainer) -> Result<(), ErrorBody> {
     if pids_limit == 0 {
         return invalid("pids_limit must be more than zero".to_owned());
     }
-    if let Some(key) = spec
-        .env
-        .keys()
-        .find(|key| key.is_empty() || key.contains(['=', '\0']))
-    {
-        return invalid(format!("{key:?} is not an environment variable name"));
+    if let Some(problem) = env_problem(&spec.env) {
+        return invalid(problem);
     }
     Ok(())
 }
 
-/// A container of this name made by someone else is not this node's to reuse or remove.
-fn check_owned(node: &Node, container: &ContainerFacts) -> Result<(), ErrorBody> {
+/// What makes `env` unfit for a process environment, if anything.
+pub(crate) fn env_problem(env: &BTreeMap<String, String>) -> Option<String> {
+    env.iter().find_map(|(key, value)| {
+        if key.is_empty() || key.contains(['=', '\0']) {
+            Some(format!("{key:?} is not an environment variable name"))
+        } else if value.contains('\0') {
+            Some(format!("the value of {key:?} contains a NUL byte"))
+        } else {
+            None
+        }
+    })
+}
+
+/// A container of this name made by someone else is not this node's to use or remove.
+pub(crate) fn check_owned(node: &Node, container: &ContainerFacts) -> Result<(), ErrorBody> {
     if container.node_id.as_deref() == Some(node.id.as_str()) {
         Ok(())
     } else {

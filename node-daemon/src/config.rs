@@ -8,6 +8,9 @@ use messages::NodeId;
 use messages::ids::MAX_ID_LEN;
 use service_kit::config::parse_duration;
 
+/// The default output limit: 1 MiB per stream.
+const DEFAULT_OUTPUT_LIMIT: u64 = 1024 * 1024;
+
 /// Where the node daemon connects, what it calls itself, and how much it may hold.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -70,6 +73,12 @@ pub struct Config {
         value_parser = parse_labels
     )]
     pub labels: BTreeMap<String, String>,
+
+    /// The most output of one stream (stdout, stderr) of a run that is kept and published, in
+    /// bytes; the rest is dropped and the result says it was truncated. The NATS server's
+    /// max_payload must hold twice this plus 128 KiB.
+    #[arg(long, env = "NODE_DAEMON_OUTPUT_LIMIT_BYTES", default_value_t = DEFAULT_OUTPUT_LIMIT)]
+    pub output_limit: u64,
 }
 
 /// A configuration value out of range.
@@ -94,6 +103,8 @@ pub enum ConfigError {
     ZeroMemory,
     #[error("label keys must not be empty")]
     EmptyLabelKey,
+    #[error("output_limit must be more than zero")]
+    ZeroOutputLimit,
 }
 
 impl Config {
@@ -124,6 +135,9 @@ impl Config {
         }
         if self.labels.keys().any(|key| key.trim().is_empty()) {
             return Err(ConfigError::EmptyLabelKey);
+        }
+        if self.output_limit == 0 {
+            return Err(ConfigError::ZeroOutputLimit);
         }
         Ok(())
     }
@@ -232,6 +246,7 @@ mod tests {
         assert_eq!(config.memory_mb, None);
         assert_eq!(config.advertise_ip, None);
         assert!(config.labels.is_empty());
+        assert_eq!(config.output_limit, 1024 * 1024);
         assert_eq!(config.node_id, default_node_id());
         assert_eq!(config.validate(), Ok(()));
     }
@@ -268,6 +283,10 @@ mod tests {
         );
         assert_eq!(parse(&["--cpu-cores=-1"]), Err(ConfigError::CpuCores(-1.0)));
         assert_eq!(parse(&["--memory-mb", "0"]), Err(ConfigError::ZeroMemory));
+        assert_eq!(
+            parse(&["--output-limit", "0"]),
+            Err(ConfigError::ZeroOutputLimit)
+        );
         assert_eq!(
             parse(&["--network", "a/b"]),
             Err(ConfigError::NetworkName("a/b".to_owned()))

@@ -4,13 +4,15 @@
 use std::collections::HashMap;
 
 use bollard::Docker;
+use bollard::container::AttachContainerResults;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, EventMessage, HostConfig, NetworkCreateRequest,
+    ContainerCreateBody, ContainerInspectResponse, EventMessage, HostConfig, HostConfigLogConfig,
+    NetworkCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
-    ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder,
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use futures::{Stream, StreamExt as _};
 use messages::session::{ContainerSpec, NetworkMode};
@@ -24,6 +26,14 @@ const BYTES_PER_MIB: i64 = 1024 * 1024;
 const NANO_CPUS_PER_MILLICORE: i64 = 1_000_000;
 /// Image references reach the engine inside URL paths; nothing outside this alphabet is needed.
 const IMAGE_REFERENCE_EXTRA_CHARS: &[char] = &['.', '_', '-', '/', ':', '@'];
+/// The image label saying which version of the executor agent protocol its command speaks
+/// (ops/images/agent/PROTOCOL.md). Docker copies image labels into the container's.
+const EXECUTOR_PROTOCOL_LABEL: &str = "io.sandbox.executor-protocol";
+const EXECUTOR_PROTOCOL_VERSION: &str = "1";
+/// Everything the agent writes to stdout also reaches the container's log; without a bound
+/// every run's output would pile up on the host's disk.
+const LOG_MAX_SIZE: &str = "1m";
+const LOG_MAX_FILES: &str = "2";
 
 /// A Docker call that failed: what was being done, and the engine's own message.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -69,6 +79,10 @@ pub struct HostResources {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerFacts {
     pub id: String,
+    /// The image it was made from, as named at creation.
+    pub image: String,
+    /// Its image's command is the executor agent, speaking the protocol this daemon knows.
+    pub has_executor_agent: bool,
     /// From the container's session label; `None` for a container not made by a node daemon.
     pub session_id: Option<SessionId>,
     /// From the container's node label.
@@ -84,14 +98,24 @@ impl ContainerFacts {
     fn from_inspect(inspect: ContainerInspectResponse) -> Self {
         let labels = inspect
             .config
-            .and_then(|config| config.labels)
+            .as_ref()
+            .and_then(|config| config.labels.clone())
             .unwrap_or_default();
         let state = inspect.state.unwrap_or_default();
         let host_config = inspect.host_config.unwrap_or_default();
         let nano_cpus = host_config.nano_cpus.unwrap_or_default().max(0);
         let memory_bytes = host_config.memory.unwrap_or_default().max(0);
+        let image = inspect
+            .config
+            .as_ref()
+            .and_then(|config| config.image.clone())
+            .unwrap_or_default();
         Self {
             id: inspect.id.unwrap_or_default(),
+            image,
+            has_executor_agent: labels
+                .get(EXECUTOR_PROTOCOL_LABEL)
+                .is_some_and(|version| version == EXECUTOR_PROTOCOL_VERSION),
             session_id: labels
                 .get(labels::SESSION_ID)
                 .and_then(|id| SessionId::parse(id.as_str()).ok()),
@@ -131,6 +155,11 @@ impl SandboxContainer<'_> {
         ContainerCreateBody {
             hostname: Some(name),
             image: Some(self.spec.image.clone()),
+            // The executor agent reads its requests from stdin. It stays open between
+            // attachments, so the daemon can attach again at any time (say, after a restart).
+            open_stdin: Some(true),
+            attach_stdin: Some(true),
+            stdin_once: Some(false),
             env: Some(
                 self.spec
                     .env
@@ -159,6 +188,13 @@ impl SandboxContainer<'_> {
                 init: Some(true),
                 privileged: Some(false),
                 network_mode: Some(network_mode),
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("json-file".to_owned()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_owned(), LOG_MAX_SIZE.to_owned()),
+                        ("max-file".to_owned(), LOG_MAX_FILES.to_owned()),
+                    ])),
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -341,6 +377,25 @@ impl DockerEngine {
         Ok(found(removed)?.is_some())
     }
 
+    /// Attaches to a running container's stdin, stdout and stderr, from now on (no old output).
+    pub async fn attach(&self, container: &str) -> Result<AttachContainerResults, DockerError> {
+        // Docker's detach keys (ctrl-p ctrl-q) never appear in what is written: JSON escapes
+        // every control character.
+        let options = AttachContainerOptionsBuilder::default()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .logs(false)
+            .build();
+        self.docker
+            .attach_container(container, Some(options))
+            .await
+            .map_err(DockerError::during(format!(
+                "attaching to container {container}"
+            )))
+    }
+
     /// The `die`, `oom` and `destroy` events of this node's containers, from `since` (Docker's
     /// `<seconds>.<nanoseconds>` form) or from now.
     pub fn container_events(
@@ -412,6 +467,9 @@ mod tests {
         assert_eq!(body.hostname.as_deref(), Some("sandbox-s1"));
         assert_eq!(body.env, Some(vec!["A=1".to_owned()]));
         assert_eq!(body.cmd, None, "the image's own command is kept");
+        assert_eq!(body.open_stdin, Some(true));
+        assert_eq!(body.stdin_once, Some(false));
+        assert_eq!(body.tty, None, "stdout and stderr stay apart");
         let host = body.host_config.expect("host config");
         assert_eq!(host.nano_cpus, Some(500_000_000));
         assert_eq!(host.memory, Some(256 * 1024 * 1024));
@@ -419,6 +477,11 @@ mod tests {
         assert_eq!(host.network_mode.as_deref(), Some("net-x"));
         assert_eq!(host.binds, None);
         assert_eq!(host.mounts, None);
+        let log = host.log_config.expect("a log config");
+        assert!(
+            log.config
+                .is_some_and(|config| config.contains_key("max-size"))
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Follows Docker's events for this node's containers: an exit is announced on
-//! `runtime.containers.exited` and frees its share in the ledger; a removal drops it.
+//! `runtime.containers.exited` and frees its share in the ledger; a removal drops it and its
+//! agent channel.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -148,6 +149,7 @@ async fn handle(node: &Node, event: &EventMessage, oom_killed: &mut HashSet<Stri
             oom_killed.remove(container_id);
             if let Some(session_id) = session_id {
                 node.ledger().forget(&session_id, container_id);
+                node.agents.forget(&session_id, container_id);
             }
         }
         _ => {}

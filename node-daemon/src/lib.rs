@@ -1,12 +1,15 @@
 //! The node daemon: one per host. It registers the node with the control plane, heartbeats, makes
-//! and removes session containers on the local Docker engine when a scheduler asks, and reports
-//! the containers that exit.
+//! and removes session containers on the local Docker engine when a scheduler asks, reports the
+//! containers that exit, and runs code and moves files through each container's executor agent.
 
+mod agent;
 mod announce;
 mod commands;
 mod config;
 mod docker;
 mod events;
+mod executions;
+mod files;
 mod ledger;
 mod node;
 
@@ -14,6 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use messages::execution::RunExecution;
+use messages::files::{AbortUpload, DeleteFile, ListFiles, ReadFileChunk, WriteFileChunk};
 use messages::node::{CreateContainer, RemoveContainer};
 use messages::subjects::{self, NodeVerb};
 use messages::{NodeId, SessionId};
@@ -23,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 pub use crate::config::{Config, ConfigError};
 use crate::docker::{ContainerFacts, DockerEngine, HostResources};
 use crate::ledger::{Capacity, Ledger};
-use crate::node::Node;
+use crate::node::{Node, Settings};
 
 /// How long the daemon's tasks get to finish once it is told to stop.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
@@ -93,9 +98,11 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         "Docker engine ready"
     );
 
-    // 7. Connect to NATS and subscribe to this node's commands and to discovery.
+    // 7. Connect to NATS (checking it takes messages as large as a run's result) and subscribe
+    //    to this node's commands and to discovery.
     let nats =
         service_kit::bus::connect(&config.nats_url, &format!("node-daemon {node_id}")).await?;
+    check_max_payload(&nats, config.output_limit)?;
     let mut command_subscriptions = Vec::with_capacity(NodeVerb::ALL.len());
     for verb in NodeVerb::ALL {
         let subject = subjects::node_command(&node_id, verb);
@@ -111,14 +118,12 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         .with_context(|| format!("subscribing to {}", subjects::nodes_discover()))?;
 
     let registration = announce::registration(&config, offered, cached_images);
-    let node = Arc::new(Node::new(
-        nats,
-        docker,
-        config.network,
-        config.heartbeat_interval,
-        registration,
-        ledger,
-    ));
+    let settings = Settings {
+        sandbox_network: config.network,
+        heartbeat_interval: config.heartbeat_interval,
+        output_limit: config.output_limit,
+    };
+    let node = Arc::new(Node::new(nats, docker, settings, registration, ledger));
 
     // 8. Serve commands and discovery, and follow Docker's events. The tasks stop with `cancel`,
     //    or all together when one fails.
@@ -126,15 +131,48 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     let stop = tasks.cancel_token().clone();
     for (verb, subscriber) in command_subscriptions {
         let node = Arc::clone(&node);
+        let stop = stop.clone();
+        let name = verb.as_str();
         match verb {
-            NodeVerb::ContainersCreate => tasks.spawn(
-                verb.as_str(),
-                commands::serve::<CreateContainer>(node, subscriber, stop.clone()),
-            ),
-            NodeVerb::ContainersRemove => tasks.spawn(
-                verb.as_str(),
-                commands::serve::<RemoveContainer>(node, subscriber, stop.clone()),
-            ),
+            NodeVerb::ContainersCreate => {
+                tasks.spawn(
+                    name,
+                    commands::serve::<CreateContainer>(node, subscriber, stop),
+                );
+            }
+            NodeVerb::ContainersRemove => {
+                tasks.spawn(
+                    name,
+                    commands::serve::<RemoveContainer>(node, subscriber, stop),
+                );
+            }
+            NodeVerb::ExecutionsRun => {
+                tasks.spawn(
+                    name,
+                    commands::serve::<RunExecution>(node, subscriber, stop),
+                );
+            }
+            NodeVerb::FilesWrite => {
+                tasks.spawn(
+                    name,
+                    commands::serve::<WriteFileChunk>(node, subscriber, stop),
+                );
+            }
+            NodeVerb::FilesAbort => {
+                tasks.spawn(name, commands::serve::<AbortUpload>(node, subscriber, stop));
+            }
+            NodeVerb::FilesRead => {
+                tasks.spawn(
+                    name,
+                    commands::serve::<ReadFileChunk>(node, subscriber, stop),
+                );
+            }
+            NodeVerb::FilesList => {
+                tasks.spawn(name, commands::serve::<ListFiles>(node, subscriber, stop));
+            }
+            NodeVerb::FilesDelete => {
+                tasks.spawn(name, commands::serve::<DeleteFile>(node, subscriber, stop));
+            }
         }
     }
     tasks.spawn(
@@ -160,6 +198,22 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     tracing::info!(node_id = %node_id, "node registered");
 
     Ok(Running { node_id, tasks })
+}
+
+/// A run's result carries both output streams, each up to the output limit, in one message: the
+/// NATS server must accept messages that large.
+fn check_max_payload(nats: &async_nats::Client, output_limit: u64) -> anyhow::Result<()> {
+    let max_payload = u64::try_from(nats.server_info().max_payload).unwrap_or(u64::MAX);
+    let needed = executions::max_result_bytes(output_limit);
+    if needed > max_payload {
+        anyhow::bail!(
+            "the NATS server accepts messages of at most {max_payload} bytes, but an execution \
+             result may take {needed} (twice the output limit of {output_limit} bytes, plus room \
+             for the other fields): raise max_payload in the nats-server configuration (say, \
+             `max_payload: 8MB`) or lower --output-limit (NODE_DAEMON_OUTPUT_LIMIT_BYTES)"
+        );
+    }
+    Ok(())
 }
 
 /// The session a running container of this node serves: a stopped one holds no resources.

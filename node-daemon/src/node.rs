@@ -1,4 +1,5 @@
-//! The state every task of the daemon shares: who this node is, its connections, and its ledger.
+//! The state every task of the daemon shares: who this node is, its connections, its ledger and
+//! its agent channels.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -8,19 +9,34 @@ use messages::node::NodeRegistration;
 use messages::{NodeId, SessionId};
 use tokio::sync::OwnedMutexGuard;
 
+use crate::agent::Agents;
 use crate::docker::DockerEngine;
 use crate::ledger::Ledger;
+
+/// The configured values a [`Node`] keeps.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub sandbox_network: String,
+    pub heartbeat_interval: Duration,
+    pub output_limit: u64,
+}
 
 #[derive(Debug)]
 pub(crate) struct Node {
     pub id: NodeId,
     pub nats: async_nats::Client,
+    /// Publishes execution events to the EXECUTIONS stream.
+    pub jetstream: async_nats::jetstream::Context,
     pub docker: DockerEngine,
     /// The bridge network for sessions that ask for `sandbox_network`.
     pub sandbox_network: String,
     pub heartbeat_interval: Duration,
     /// What this node announced at start; re-announced with a fresh image list on discovery.
     pub registration: NodeRegistration,
+    /// The most output of one stream of a run that is kept and published, in bytes.
+    pub output_limit: u64,
+    /// The channels to the executor agents of this node's containers.
+    pub agents: Agents,
     ledger: Mutex<Ledger>,
     session_locks: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -29,18 +45,20 @@ impl Node {
     pub fn new(
         nats: async_nats::Client,
         docker: DockerEngine,
-        sandbox_network: String,
-        heartbeat_interval: Duration,
+        settings: Settings,
         registration: NodeRegistration,
         ledger: Ledger,
     ) -> Self {
         Self {
             id: registration.node_id.clone(),
+            jetstream: async_nats::jetstream::new(nats.clone()),
             nats,
             docker,
-            sandbox_network,
-            heartbeat_interval,
+            sandbox_network: settings.sandbox_network,
+            heartbeat_interval: settings.heartbeat_interval,
             registration,
+            output_limit: settings.output_limit,
+            agents: Agents::default(),
             ledger: Mutex::new(ledger),
             session_locks: Mutex::new(HashMap::new()),
         }

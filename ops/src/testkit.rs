@@ -36,11 +36,20 @@ pub struct NatsServer {
     _store: tempfile::TempDir,
 }
 
+/// The largest message the test server takes: an execution result carries two output streams of
+/// up to 1 MiB each (nats-server's default is 1 MB, and no flag sets it).
+const NATS_MAX_PAYLOAD: &str = "8MB";
+
 impl NatsServer {
     pub fn start() -> anyhow::Result<Self> {
         let store = tempfile::tempdir().context("making the JetStream store dir")?;
+        let config = store.path().join("nats-server.conf");
+        std::fs::write(&config, format!("max_payload: {NATS_MAX_PAYLOAD}\n"))
+            .context("writing the nats-server configuration")?;
         let port = free_port()?;
         let mut child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&config)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(store.path())
             .stdout(Stdio::null())
