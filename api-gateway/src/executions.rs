@@ -36,6 +36,10 @@ use crate::input;
 /// How long past a run's own timeout a waiting request or stream keeps waiting for its result:
 /// the node reports a stuck run at timeout + 10 s, the schedulers fail a lost one at + 60 s.
 const RESULT_SLACK: Duration = Duration::from_secs(75);
+/// The most code and stdin one run takes: with its JSON escaping, a run must fit the executor
+/// agent's 1 MiB request line.
+const MAX_CODE_BYTES: usize = 256 * 1024;
+const MAX_STDIN_BYTES: usize = 256 * 1024;
 /// How many events a stream buffers for a slow client before it waits for it.
 const STREAM_BUFFER: usize = 64;
 
@@ -74,6 +78,15 @@ impl RunBody {
                 format!(
                     "timeout must be between 1 and {MAX_TIMEOUT_SECS} seconds, not {}",
                     self.timeout
+                ),
+            ));
+        }
+        if self.code.len() > MAX_CODE_BYTES || self.stdin.len() > MAX_STDIN_BYTES {
+            return Err(ApiError::invalid(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "code and stdin may be at most {MAX_CODE_BYTES} bytes each; upload larger \
+                     inputs as files"
                 ),
             ));
         }
@@ -149,7 +162,9 @@ pub(crate) async fn run(
     } else {
         Err(ApiError::from_code(
             messages::ErrorCode::Timeout,
-            format!("execution {execution_id} has no result yet; poll GET /api/v1/executions/{execution_id}"),
+            format!(
+                "execution {execution_id} has no result yet; poll GET /api/v1/executions/{execution_id}"
+            ),
         ))
     }
 }
@@ -279,7 +294,13 @@ pub(crate) async fn stream(
         tokio::spawn(replay_record(execution, events));
     } else {
         let events_consumer = output_consumer(&state, &execution_id).await?;
-        tokio::spawn(relay_live(state, execution, events_consumer, results, events));
+        tokio::spawn(relay_live(
+            state,
+            execution,
+            events_consumer,
+            results,
+            events,
+        ));
     }
     let stream = futures::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|event| (Ok(event), receiver))
@@ -368,7 +389,12 @@ async fn relay_live(
         next_seq = output.seq + 1;
         let tail = &mut text[usize::from(output.stream == OutputStream::Stderr)];
         let chunk = tail.push(&output.data);
-        if !chunk.is_empty() && events.send(output_event(output.stream, &chunk)).await.is_err() {
+        if !chunk.is_empty()
+            && events
+                .send(output_event(output.stream, &chunk))
+                .await
+                .is_err()
+        {
             return;
         }
     }
@@ -436,7 +462,8 @@ pub(crate) struct CallbackResult {
 
 impl CallbackResult {
     fn into_result(self, execution_id: ExecutionId) -> Result<ExecutionResult, ApiError> {
-        let invalid = |message: String| ApiError::invalid(StatusCode::UNPROCESSABLE_ENTITY, message);
+        let invalid =
+            |message: String| ApiError::invalid(StatusCode::UNPROCESSABLE_ENTITY, message);
         let status = match self.status.as_str() {
             // The seed's executors say "success".
             "success" => ExecutionStatus::Completed,
@@ -533,7 +560,13 @@ mod tests {
             fresh: false,
         };
         assert!(body(30, "print(1)").validate().is_ok());
-        for bad in [body(0, "x"), body(MAX_TIMEOUT_SECS + 1, "x"), body(5, "a\0b")] {
+        let huge = "x".repeat(MAX_CODE_BYTES + 1);
+        for bad in [
+            body(0, "x"),
+            body(MAX_TIMEOUT_SECS + 1, "x"),
+            body(5, "a\0b"),
+            body(5, &huge),
+        ] {
             let error = bad.validate().expect_err("out of bounds");
             assert_eq!(error.status, StatusCode::UNPROCESSABLE_ENTITY);
         }

@@ -17,7 +17,7 @@ use messages::node::NodeCommand;
 use messages::session::SessionStatus;
 use messages::{ErrorCode, NodeId, SessionId};
 use serde::Deserialize;
-use service_kit::bus;
+use service_kit::bus::{self, BusError};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -61,12 +61,21 @@ fn parse_file_path(path: &str) -> Result<WorkspacePath, ApiError> {
     Ok(path)
 }
 
+/// Sends one file command to the session's node. The node refuses bad paths (a symlink out of
+/// the workspace, a folder where a file is expected) as invalid: for a path in the URL, a 400.
 async fn ask_node<C: NodeCommand>(
     state: &AppState,
     node: &NodeId,
     command: &C,
 ) -> Result<C::Response, ApiError> {
-    Ok(bus::node_request(&state.nats, node, command, state.request_timeout).await?)
+    bus::node_request(&state.nats, node, command, state.request_timeout)
+        .await
+        .map_err(|error| match error {
+            BusError::Remote(body) if body.code == ErrorCode::InvalidRequest => {
+                ApiError::invalid(StatusCode::BAD_REQUEST, body.message)
+            }
+            other => other.into(),
+        })
 }
 
 /// `PUT /api/v1/sessions/{id}/files/{path}`: the body becomes `/workspace/{path}`, replacing a
@@ -134,7 +143,10 @@ impl Upload<'_> {
         let mut received: u64 = 0;
         while let Some(frame) = frames.next().await {
             let mut bytes: Bytes = frame.map_err(|error| {
-                ApiError::invalid(StatusCode::BAD_REQUEST, format!("reading the body: {error}"))
+                ApiError::invalid(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the body: {error}"),
+                )
             })?;
             received += bytes.len() as u64;
             if received > limit {
@@ -151,7 +163,10 @@ impl Upload<'_> {
         }
         let progress = self.send(true).await?;
         progress.entry.ok_or_else(|| {
-            ApiError::from_code(ErrorCode::RuntimeError, "the node did not describe the file")
+            ApiError::from_code(
+                ErrorCode::RuntimeError,
+                "the node did not describe the file",
+            )
         })
     }
 
@@ -223,7 +238,8 @@ pub(crate) async fn download(
             }
         },
     );
-    let body = futures::stream::once(async move { Ok::<_, std::io::Error>(first_bytes) }).chain(rest);
+    let body =
+        futures::stream::once(async move { Ok::<_, std::io::Error>(first_bytes) }).chain(rest);
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),

@@ -35,6 +35,7 @@ impl TestGateway {
             create_wait,
             request_timeout: Duration::from_secs(2),
             max_body_bytes,
+            max_file_bytes: 1024 * 1024,
         };
         let cancel = CancellationToken::new();
         let running = api_gateway::start(config, cancel.clone())

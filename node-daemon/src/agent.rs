@@ -85,7 +85,7 @@ impl std::fmt::Display for Refusal {
         f.write_str(match self {
             Refusal::Invalid => "invalid request",
             Refusal::NotFound => "not found",
-            Refusal::PathEscape => "the path leads out of /workspace",
+            Refusal::PathEscape => "path escape",
             Refusal::IsDirectory => "is a directory",
             Refusal::NotDirectory => "not a directory",
             Refusal::TooLarge => "too large",

@@ -102,7 +102,10 @@ async fn record_delivery(scheduler: &Scheduler, message: &jetstream::Message) {
 }
 
 /// Fails, every [`SWEEP_INTERVAL`], the runs whose result is overdue.
-pub async fn sweep_overdue(scheduler: Arc<Scheduler>, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn sweep_overdue(
+    scheduler: Arc<Scheduler>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         tokio::select! {
@@ -315,7 +318,11 @@ impl Scheduler {
     async fn fail_overdue_runs(&self) -> Result<(), StoreError> {
         let now = store::now();
         let grace = chrono::Duration::from_std(RESULT_GRACE).unwrap_or_default();
-        for execution in self.store.running_executions_created_before(now - grace).await? {
+        for execution in self
+            .store
+            .running_executions_created_before(now - grace)
+            .await?
+        {
             let deadline = execution.created_at
                 + chrono::Duration::seconds(i64::from(execution.timeout_secs))
                 + grace;

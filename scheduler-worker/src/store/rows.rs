@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
+use messages::execution::{Execution, ExecutionStatus, Language};
 use messages::node::NodeRegistration;
 use messages::session::{NetworkMode, Resources, Session, SessionStatus, Template};
-use messages::execution::{Execution, ExecutionStatus, Language};
 use messages::{ErrorCode, ExecutionId, NodeId, SessionId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
