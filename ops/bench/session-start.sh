@@ -14,13 +14,11 @@ runs=${RUNS:-20}
 template=${TEMPLATE:-python-basic}
 image=sandbox-executor:v1.0
 
-for tool in curl jq docker; do
-  command -v "$tool" >/dev/null || { echo "needs $tool (run ops/install-deps.sh)" >&2; exit 1; }
-done
-curl -fsS "$url/healthz" >/dev/null || { echo "no gateway at $url: run ops/up.sh first" >&2; exit 1; }
+# shellcheck source=ops/bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require_gateway "$url"
 
 ours=() baseline=()
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
 for ((i = 1; i <= runs; i++)); do
   # Through the control plane: HTTP request to a running container with its id recorded.
@@ -39,10 +37,6 @@ for ((i = 1; i <= runs; i++)); do
   docker rm -f "$cid" >/dev/null
 done
 
-percentile() { # percentile P values...
-  local p=$1; shift
-  printf '%s\n' "$@" | sort -n | awk -v p="$p" '{v[NR]=$1} END {i=int((NR*p+99)/100); if (i<1) i=1; print v[i]}'
-}
 ours_p50=$(percentile 50 "${ours[@]}"); base_p50=$(percentile 50 "${baseline[@]}")
 printf '%-34s %8s %8s %8s\n' "start of a sandbox ($runs runs)" p50_ms p95_ms max_ms
 printf '%-34s %8s %8s %8s\n' "POST /api/v1/sessions (running)" "$ours_p50" \
