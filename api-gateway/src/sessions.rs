@@ -14,7 +14,7 @@ use messages::api::{
     ApiRequest, DeleteSession, GetSession, GetTemplate, ListSessions, SessionPage,
 };
 use messages::headers::MSG_ID;
-use messages::session::{CreateSession, Session, SessionStatus};
+use messages::session::{CreateSession, Session, SessionStatus, check_timeout, is_env_name};
 use messages::{ErrorCode, SessionId, subjects};
 use serde::Deserialize;
 use service_kit::bus::{self, BusError};
@@ -73,14 +73,6 @@ impl CreateSessionBody {
         }
         Ok(())
     }
-}
-
-fn is_env_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    bytes
-        .next()
-        .is_some_and(|first| first.is_ascii_alphabetic() || first == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// The query of `POST /api/v1/sessions`.

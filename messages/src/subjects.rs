@@ -30,6 +30,11 @@ pub fn containers_exited() -> &'static str {
     "runtime.containers.exited"
 }
 
+/// An operator changed a node's record (declaration, drain); every scheduler replica re-reads it.
+pub fn nodes_updated() -> &'static str {
+    "sandbox.nodes.updated"
+}
+
 /// The commands a node daemon answers, one verb each, on `runtime.cmd.<node_id>.<verb>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NodeVerb {
@@ -89,10 +94,16 @@ pub enum ApiOp {
     TemplatesList,
     NodesGet,
     NodesList,
+    SessionsSetTimeout,
+    TemplatesCreate,
+    TemplatesUpdate,
+    TemplatesDelete,
+    NodesDeclare,
+    NodesDrain,
 }
 
 impl ApiOp {
-    pub const ALL: [ApiOp; 7] = [
+    pub const ALL: [ApiOp; 13] = [
         ApiOp::SessionsGet,
         ApiOp::SessionsList,
         ApiOp::SessionsDelete,
@@ -100,6 +111,12 @@ impl ApiOp {
         ApiOp::TemplatesList,
         ApiOp::NodesGet,
         ApiOp::NodesList,
+        ApiOp::SessionsSetTimeout,
+        ApiOp::TemplatesCreate,
+        ApiOp::TemplatesUpdate,
+        ApiOp::TemplatesDelete,
+        ApiOp::NodesDeclare,
+        ApiOp::NodesDrain,
     ];
 }
 
@@ -113,6 +130,12 @@ pub fn api(op: ApiOp) -> &'static str {
         ApiOp::TemplatesList => "sandbox.api.templates.list",
         ApiOp::NodesGet => "sandbox.api.nodes.get",
         ApiOp::NodesList => "sandbox.api.nodes.list",
+        ApiOp::SessionsSetTimeout => "sandbox.api.sessions.timeout",
+        ApiOp::TemplatesCreate => "sandbox.api.templates.create",
+        ApiOp::TemplatesUpdate => "sandbox.api.templates.update",
+        ApiOp::TemplatesDelete => "sandbox.api.templates.delete",
+        ApiOp::NodesDeclare => "sandbox.api.nodes.declare",
+        ApiOp::NodesDrain => "sandbox.api.nodes.drain",
     }
 }
 
