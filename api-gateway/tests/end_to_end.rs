@@ -292,6 +292,7 @@ async fn a_redelivered_request_makes_no_second_container() {
         template_id: "python-basic".into(),
         env: Default::default(),
         requested_at: chrono::Utc::now(),
+        timeout_seconds: None,
     };
     publish_create(&system, &request, session_id.as_str()).await;
     let first = wait_for_status(&system, session_id.as_str(), "running").await;

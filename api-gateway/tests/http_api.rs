@@ -35,6 +35,9 @@ impl TestGateway {
             create_wait,
             request_timeout: Duration::from_secs(2),
             max_body_bytes,
+            internal_listen: "127.0.0.1:0".parse().expect("a socket address"),
+            internal_token: None,
+            internal_token_file: None,
         };
         let cancel = CancellationToken::new();
         let running = api_gateway::start(config, cancel.clone())
@@ -295,7 +298,7 @@ fn template() -> Template {
 fn announced(id: &SessionId, status: SessionStatus) -> Session {
     Session {
         status,
-        ..Session::pending(id.clone(), &template(), chrono::Utc::now())
+        ..Session::pending(id.clone(), &template(), None, chrono::Utc::now())
     }
 }
 

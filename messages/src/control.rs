@@ -34,6 +34,41 @@ pub struct NodeDeclaration {
     pub labels: BTreeMap<String, String>,
 }
 
+/// More than any one host offers; a typo such as 16384 cores is refused.
+pub const MAX_CPU_CORES: f64 = 1024.0;
+/// 16 TiB, in MiB.
+pub const MAX_MEMORY_MB: u64 = 16 * 1024 * 1024;
+
+/// Checks CPU cores and memory (MiB) offered or asked for; `what` names them in the message.
+pub fn check_capacity(what: &str, cpu_cores: f64, memory_mb: u64) -> Result<(), String> {
+    if !(cpu_cores.is_finite() && cpu_cores > 0.0 && cpu_cores <= MAX_CPU_CORES) {
+        return Err(format!(
+            "{what} cpu must be more than 0 and at most {MAX_CPU_CORES} cores, not {cpu_cores}"
+        ));
+    }
+    if !(1..=MAX_MEMORY_MB).contains(&memory_mb) {
+        return Err(format!(
+            "{what} memory must be between 1 and {MAX_MEMORY_MB} MB, not {memory_mb}"
+        ));
+    }
+    Ok(())
+}
+
+impl NodeDeclaration {
+    /// Checks what a declaration (or a registration over HTTP) says of the node.
+    pub fn check(&self) -> Result<(), String> {
+        let chars = self.hostname.chars().count();
+        if self.hostname.trim().is_empty() || chars > 253 {
+            return Err("hostname must have 1 to 253 characters".to_owned());
+        }
+        check_capacity("total", self.total_cpu_cores, self.total_memory_mb)?;
+        if self.max_containers == 0 {
+            return Err("max_containers must be more than 0".to_owned());
+        }
+        Ok(())
+    }
+}
+
 /// Declare a node (or change its declaration).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeclareNode {

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use messages::api::NodeInfo;
 use messages::control::{
-    CreateTemplate, DeclareNode, DeleteTemplate, NodeDeclaration, SetNodeDrain, SetSessionTimeout,
-    TemplateDefinition, UpdateTemplate,
+    CreateTemplate, DeclareNode, DeleteTemplate, SetNodeDrain, SetSessionTimeout,
+    TemplateDefinition, UpdateTemplate, check_capacity,
 };
 use messages::node::{DiscoverNodes, NodeUpdated};
 use messages::session::{Session, Template, check_timeout, is_env_name, is_image_reference};
@@ -19,9 +19,6 @@ use crate::store::{self, StoreError};
 const MAX_NAME_CHARS: usize = 200;
 const MAX_ID_CHARS: usize = 128;
 const MAX_ENV_ENTRIES: usize = 64;
-/// More than any one host offers; a typo such as 16384 cores is refused.
-const MAX_CPU_CORES: f64 = 1024.0;
-const MAX_MEMORY_MB: u64 = 16 * 1024 * 1024;
 
 fn invalid(message: impl Into<String>) -> ErrorBody {
     ErrorBody::new(ErrorCode::InvalidRequest, message)
@@ -35,40 +32,12 @@ fn internal(error: StoreError) -> ErrorBody {
     )
 }
 
-fn check_capacity(what: &str, cpu_cores: f64, memory_mb: u64) -> Result<(), ErrorBody> {
-    if !(cpu_cores.is_finite() && cpu_cores > 0.0 && cpu_cores <= MAX_CPU_CORES) {
-        return Err(invalid(format!(
-            "{what} cpu must be more than 0 and at most {MAX_CPU_CORES} cores, not {cpu_cores}"
-        )));
-    }
-    if !(1..=MAX_MEMORY_MB).contains(&memory_mb) {
-        return Err(invalid(format!(
-            "{what} memory must be between 1 and {MAX_MEMORY_MB} MB, not {memory_mb}"
-        )));
-    }
-    Ok(())
-}
-
 fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), ErrorBody> {
     let chars = value.chars().count();
     if value.trim().is_empty() || chars > max_chars {
         return Err(invalid(format!(
             "{field} must have 1 to {max_chars} characters"
         )));
-    }
-    Ok(())
-}
-
-/// Checks a node declaration (from the API or the nodes file).
-pub fn check_declaration(declaration: &NodeDeclaration) -> Result<(), ErrorBody> {
-    check_text("hostname", &declaration.hostname, MAX_NAME_CHARS)?;
-    check_capacity(
-        "total",
-        declaration.total_cpu_cores,
-        declaration.total_memory_mb,
-    )?;
-    if declaration.max_containers == 0 {
-        return Err(invalid("max_containers must be more than 0"));
     }
     Ok(())
 }
@@ -93,7 +62,7 @@ fn check_template(definition: &TemplateDefinition) -> Result<(), ErrorBody> {
         )));
     }
     let resources = &definition.resources;
-    check_capacity("the template's", resources.cpu_cores, resources.memory_mb)?;
+    check_capacity("the template's", resources.cpu_cores, resources.memory_mb).map_err(invalid)?;
     if resources.pids_limit == 0 {
         return Err(invalid("pids must be more than 0"));
     }
@@ -125,7 +94,7 @@ impl Scheduler {
         request: DeclareNode,
     ) -> Result<NodeInfo, ErrorBody> {
         let declaration = request.declaration;
-        check_declaration(&declaration)?;
+        declaration.check().map_err(invalid)?;
         self.store
             .declare_node(&declaration, store::now())
             .await

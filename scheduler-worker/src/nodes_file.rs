@@ -20,8 +20,9 @@ pub async fn declare_from(store: &Store, path: &Path) -> anyhow::Result<usize> {
         )
     })?;
     for declaration in &declarations {
-        crate::admin::check_declaration(declaration)
-            .map_err(|error| anyhow::anyhow!("{}: {}", path.display(), error.message))?;
+        declaration.check().map_err(|error| {
+            anyhow::anyhow!("{}: node {}: {error}", path.display(), declaration.node_id)
+        })?;
         store
             .declare_node(declaration, store::now())
             .await
