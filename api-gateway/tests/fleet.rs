@@ -498,3 +498,44 @@ async fn templates_are_created_replaced_and_deleted_and_a_missing_image_is_named
         .await;
     assert_eq!(status, 404);
 }
+
+/// Measures kill -9 of a node daemon (default 5 s heartbeats) to `offline` in the API:
+/// `RUNS=5 cargo test -p api-gateway --test fleet detection_time -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement (about 20 s a run), not a check"]
+async fn detection_time_from_kill_to_offline() {
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|runs| runs.parse().ok())
+        .unwrap_or(5);
+    let mut system = System::without_nodes().await;
+    let node = system.start_node_process("5s").await;
+    let mut took = Vec::new();
+    for run in 1..=runs {
+        // Kill at a random point of the heartbeat interval, as a crash would.
+        let pause = Duration::from_millis(1000 + u64::from(rand_millis()) % 5000);
+        tokio::time::sleep(pause).await;
+        system.kill_node_process(&node);
+        let (elapsed, seen) = system
+            .wait_for_node(&node, "offline", Duration::from_secs(30))
+            .await;
+        eprintln!("run {run}: kill -9 to offline {elapsed:?} via {seen:?}");
+        took.push(elapsed);
+        system.restart_node_process(&node);
+        system.wait_until_online(&node).await;
+    }
+    took.sort();
+    eprintln!(
+        "kill -9 to offline over {runs} runs: p50 {:?}, max {:?}",
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+}
+
+/// Milliseconds of the clock: enough randomness to spread kills over the interval.
+fn rand_millis() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_millis())
+        .unwrap_or_default()
+}
