@@ -5,7 +5,7 @@
 #![allow(dead_code)] // Each test binary uses part of the harness.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
