@@ -85,12 +85,17 @@ async fn a_killed_node_goes_offline_its_sessions_are_lost_and_new_ones_go_to_the
         assert!(node["last_heartbeat_at"].is_string(), "{node}");
     }
 
-    // kill -9: no goodbye. Suspect after two missed heartbeats, offline after three.
+    // kill -9: no goodbye. Suspect after two missed heartbeats; the probe then finds no
+    // process behind the node's subjects, so offline at once.
     system.kill_node_process(&doomed);
     let (took, seen) = system
         .wait_for_node(&doomed, "offline", Duration::from_secs(15))
         .await;
-    assert!(seen.iter().any(|status| status == "suspect"), "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|status| ["online", "suspect", "offline"].contains(&status.as_str())),
+        "{seen:?}"
+    );
     eprintln!("kill -9 to offline: {took:?} (statuses {seen:?})");
 
     // After the grace the session is lost, with the reason.
@@ -110,6 +115,21 @@ async fn a_killed_node_goes_offline_its_sessions_are_lost_and_new_ones_go_to_the
         let session = create(&system, json!({"template_id": SLEEPER})).await;
         assert_eq!(session["runtime_node"], survivor.as_str());
     }
+}
+
+#[tokio::test]
+async fn a_frozen_node_daemon_goes_suspect_then_offline_and_back_online() {
+    let mut system = System::without_nodes().await;
+    let node = system.start_node_process("1s").await;
+    // Frozen, its connection stays open: the probe gets no answer, so the heartbeat rule
+    // decides.
+    system.signal_node_process(&node, "STOP");
+    let (_, seen) = system
+        .wait_for_node(&node, "offline", Duration::from_secs(10))
+        .await;
+    assert_eq!(seen, ["online", "suspect", "offline"]);
+    system.signal_node_process(&node, "CONT");
+    system.wait_until_online(&node).await;
 }
 
 #[tokio::test]
@@ -513,7 +533,7 @@ async fn detection_time_from_kill_to_offline() {
     let mut took = Vec::new();
     for run in 1..=runs {
         // Kill at a random point of the heartbeat interval, as a crash would.
-        let pause = Duration::from_millis(1000 + u64::from(rand_millis()) % 5000);
+        let pause = Duration::from_millis(1000 + u64::from(rand_micros()) % 5000);
         tokio::time::sleep(pause).await;
         system.kill_node_process(&node);
         let (elapsed, seen) = system
@@ -532,10 +552,10 @@ async fn detection_time_from_kill_to_offline() {
     );
 }
 
-/// Milliseconds of the clock: enough randomness to spread kills over the interval.
-fn rand_millis() -> u32 {
+/// Microseconds of the clock: enough randomness to spread kills over the interval.
+fn rand_micros() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.subsec_millis())
+        .map(|elapsed| elapsed.subsec_micros())
         .unwrap_or_default()
 }

@@ -235,3 +235,20 @@ impl NodeCommand for RemoveContainer {
     const VERB: NodeVerb = NodeVerb::ContainersRemove;
     type Response = ContainerRemoved;
 }
+
+/// `node.ping`: is the daemon there?
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PingNode {}
+
+/// The daemon is there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodePong {
+    pub node_id: NodeId,
+    /// When this daemon process started (as in its registration).
+    pub started_at: DateTime<Utc>,
+}
+
+impl NodeCommand for PingNode {
+    const VERB: NodeVerb = NodeVerb::Ping;
+    type Response = NodePong;
+}

@@ -40,15 +40,23 @@ pub fn nodes_updated() -> &'static str {
 pub enum NodeVerb {
     ContainersCreate,
     ContainersRemove,
+    /// Is the daemon there? Asked of a node that missed heartbeats: "no responders" means its
+    /// process is gone.
+    Ping,
 }
 
 impl NodeVerb {
-    pub const ALL: [NodeVerb; 2] = [NodeVerb::ContainersCreate, NodeVerb::ContainersRemove];
+    pub const ALL: [NodeVerb; 3] = [
+        NodeVerb::ContainersCreate,
+        NodeVerb::ContainersRemove,
+        NodeVerb::Ping,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             NodeVerb::ContainersCreate => "containers.create",
             NodeVerb::ContainersRemove => "containers.remove",
+            NodeVerb::Ping => "node.ping",
         }
     }
 }

@@ -8,10 +8,11 @@ use async_nats::Subscriber;
 use chrono::Utc;
 use futures::StreamExt as _;
 use messages::node::{
-    ContainerInventory, DiscoverNodes, Heartbeat, NodeRegistration, NodeSelfStatus,
-    RegistrationAccepted, ReportedContainer,
+    ContainerInventory, DiscoverNodes, Heartbeat, NodePong, NodeRegistration, NodeSelfStatus,
+    PingNode, RegistrationAccepted, ReportedContainer,
 };
 use messages::subjects;
+use messages::{ErrorBody, ErrorCode, Reply};
 use service_kit::bus::{self, BusError};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -169,6 +170,37 @@ pub(crate) async fn serve_discover(
         let inventory = current_inventory(&node).await;
         if let Err(error) = publish_registration(&node, cached_images, inventory).await {
             tracing::warn!(%error, "announcing the node on discovery failed");
+        }
+    }
+}
+
+/// Answers `runtime.cmd.<node_id>.node.ping`: a scheduler that missed this node's heartbeats
+/// asks whether the daemon is still there.
+pub(crate) async fn serve_ping(
+    node: Arc<Node>,
+    mut subscriber: Subscriber,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let message = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            message = subscriber.next() => message,
+        };
+        let Some(message) = message else {
+            anyhow::bail!("the ping subscription ended");
+        };
+        let reply = match messages::decode::<PingNode>(&message.payload) {
+            Ok(PingNode {}) => Reply::Ok(NodePong {
+                node_id: node.id.clone(),
+                started_at: node.registration.started_at,
+            }),
+            Err(error) => Reply::Error(ErrorBody::new(
+                ErrorCode::InvalidRequest,
+                format!("malformed ping: {error}"),
+            )),
+        };
+        if let Err(error) = bus::respond(&node.nats, &message, &reply).await {
+            tracing::warn!(%error, "answering a ping failed");
         }
     }
 }

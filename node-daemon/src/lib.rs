@@ -140,6 +140,10 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
                 verb.as_str(),
                 commands::serve::<RemoveContainer>(node, subscriber, stop.clone()),
             ),
+            NodeVerb::Ping => tasks.spawn(
+                verb.as_str(),
+                announce::serve_ping(node, subscriber, stop.clone()),
+            ),
         }
     }
     tasks.spawn(

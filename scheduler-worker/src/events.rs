@@ -11,12 +11,12 @@ use futures::StreamExt as _;
 use messages::api::NodeHealth;
 use messages::node::{
     ContainerExited, ContainerReady, DiscoverNodes, Heartbeat, NodeRegistration, NodeSelfStatus,
-    NodeUpdated, RegistrationAccepted,
+    NodeUpdated, PingNode, RegistrationAccepted,
 };
 use messages::session::SessionStatus;
 use messages::{ErrorBody, ErrorCode, NodeId, Reply, decode, subjects};
 use serde::de::DeserializeOwned;
-use service_kit::bus;
+use service_kit::bus::{self, BusError};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RegistrationMode;
@@ -26,6 +26,8 @@ use crate::store::{self, NodeRecord, Transition};
 
 /// How often node health is re-judged, so a silent node is marked offline promptly.
 const HEALTH_SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// How long a probe of a suspect node waits for its daemon.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What every replica hears: the source of its node view.
 #[derive(Debug)]
@@ -193,7 +195,24 @@ async fn view_registration(scheduler: &Scheduler, registration: NodeRegistration
         .register(registration, record.as_ref(), Instant::now());
 }
 
-async fn record_health_changes(scheduler: &Scheduler) {
+/// Asks a suspect node's daemon whether it is there. "No responders" means no process holds
+/// its subscriptions (killed, crashed): it is offline now. A timeout or an answer proves
+/// nothing more than the missed heartbeats; the usual three-interval rule then decides.
+fn probe(scheduler: &Arc<Scheduler>, node_id: NodeId) {
+    let scheduler = Arc::clone(scheduler);
+    tokio::spawn(async move {
+        match bus::node_request(&scheduler.nats, &node_id, &PingNode {}, PROBE_TIMEOUT).await {
+            Err(BusError::NoResponders { .. }) => {
+                tracing::warn!(node = %node_id, "nobody answers for the suspect node: offline");
+                scheduler.fleet().unreachable(&node_id, Instant::now());
+            }
+            Err(error) => tracing::debug!(node = %node_id, %error, "probe of a suspect node"),
+            Ok(_) => tracing::debug!(node = %node_id, "the suspect node's daemon answers"),
+        }
+    });
+}
+
+async fn record_health_changes(scheduler: &Arc<Scheduler>) {
     let changes = scheduler.fleet().health_changes(Instant::now());
     for change in changes {
         let (node_id, health) = (change.node_id, change.health);
@@ -202,7 +221,10 @@ async fn record_health_changes(scheduler: &Scheduler) {
         }
         match health {
             NodeHealth::Offline => tracing::warn!(node = %node_id, "node is offline"),
-            NodeHealth::Suspect => tracing::warn!(node = %node_id, "node missed two heartbeats"),
+            NodeHealth::Suspect => {
+                tracing::warn!(node = %node_id, "node missed two heartbeats");
+                probe(scheduler, node_id.clone());
+            }
             _ => tracing::info!(node = %node_id, ?health, "node health changed"),
         }
         if let Err(error) = scheduler

@@ -520,6 +520,17 @@ impl Fleet {
         changes
     }
 
+    /// A probe of a suspect node found nobody listening on its subjects: its daemon is gone,
+    /// so it is offline now rather than at the third missed heartbeat. A heartbeat brings it
+    /// back as usual.
+    pub fn unreachable(&mut self, node_id: &NodeId, now: Instant) {
+        if let Some(node) = self.nodes.get_mut(node_id)
+            && node.health(now) == NodeHealth::Suspect
+        {
+            node.self_status = NodeSelfStatus::Stopping;
+        }
+    }
+
     /// Nodes offline for `grace` or longer whose sessions are not marked lost yet.
     pub fn lost_nodes(&self, now: Instant, grace: Duration) -> Vec<NodeId> {
         self.nodes
@@ -645,6 +656,15 @@ mod tests {
         );
         assert!(fleet.reserve(&session(1), &spec(1.0), &[], later).is_err());
         fleet.heartbeat(&heartbeat("a", 1, 0, NodeSelfStatus::Online), later);
+        assert_eq!(status_at(&fleet, later), Some(NodeHealth::Online));
+        // A probe finding nobody there makes a suspect node offline at once; online nodes
+        // are left alone.
+        fleet.unreachable(&id, later);
+        assert_eq!(status_at(&fleet, later), Some(NodeHealth::Online));
+        let suspect = later + Duration::from_millis(2000);
+        fleet.unreachable(&id, suspect);
+        assert_eq!(status_at(&fleet, suspect), Some(NodeHealth::Offline));
+        fleet.heartbeat(&heartbeat("a", 2, 0, NodeSelfStatus::Online), suspect);
         assert_eq!(
             fleet.info(&id, later).map(|node| node.status),
             Some(NodeHealth::Online)

@@ -105,6 +105,17 @@ impl NodeProcess {
         }
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`) with kill(1).
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the daemon runs");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -285,6 +296,12 @@ impl System {
     /// `kill -9` of a node daemon process.
     pub fn kill_node_process(&mut self, node_id: &str) {
         self.process(node_id).kill();
+    }
+
+    /// Freezes (`STOP`) or thaws (`CONT`) a node daemon process: a hung daemon, whose
+    /// connections stay open.
+    pub fn signal_node_process(&mut self, node_id: &str, signal: &str) {
+        self.process(node_id).signal(signal);
     }
 
     /// Starts a killed node daemon process again, with the same flags.
