@@ -559,3 +559,36 @@ fn rand_micros() -> u32 {
         .map(|elapsed| elapsed.subsec_micros())
         .unwrap_or_default()
 }
+
+#[tokio::test]
+async fn a_session_stuck_before_running_is_failed_with_the_reason() {
+    let system = System::start(Options {
+        scheduler_flags: vec!["--start-deadline".into(), "2s".into()],
+        ..Options::default()
+    })
+    .await;
+    // A session a crashed replica left "creating" (written as the scheduler would).
+    let id = uuid::Uuid::now_v7().to_string();
+    let accepted = chrono::Utc::now() - chrono::Duration::seconds(30);
+    sqlx::query(
+        "INSERT INTO sessions (id, template_id, status, runtime_node, image, cpu_cores, \
+         memory_mb, pids_limit, network, created_at, updated_at, timeout_seconds, expires_at) \
+         VALUES ($1, 'python-basic', 'creating', 'gone-node', 'sandbox-executor:v1.0', 1.0, \
+         512, 256, 'none', $2, $2, 300, $3)",
+    )
+    .bind(&id)
+    .bind(accepted)
+    .bind(accepted + chrono::Duration::seconds(300))
+    .execute(&system.sql_pool().await)
+    .await
+    .expect("inserted");
+    let (failed, _) = system
+        .wait_for_session(&id, "failed", Duration::from_secs(5))
+        .await;
+    assert_eq!(failed["failure_code"], "timeout", "{failed}");
+    let reason = failed["failure_reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("still creating") && reason.contains("gone-node"),
+        "{reason}"
+    );
+}
