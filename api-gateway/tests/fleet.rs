@@ -592,3 +592,52 @@ async fn a_session_stuck_before_running_is_failed_with_the_reason() {
         "{reason}"
     );
 }
+
+#[tokio::test]
+async fn a_session_being_placed_on_a_dead_node_is_placed_elsewhere() {
+    let system = System::with_node().await;
+    let survivor = system.node_ids[0].clone();
+    let image = testkit::ensure_test_image().expect("the test image is built");
+    // A replica died while placing this session on a node that died too; its request is
+    // delivered again.
+    let id = uuid::Uuid::now_v7().to_string();
+    let now = chrono::Utc::now();
+    sqlx::query(
+        "INSERT INTO sessions (id, template_id, status, runtime_node, image, cpu_cores, \
+         memory_mb, pids_limit, network, created_at, updated_at, timeout_seconds, expires_at) \
+         VALUES ($1, 'sleeper', 'creating', 'dead-node', $2, 0.25, 64, 16, 'none', $3, $3, 300, $4)",
+    )
+    .bind(&id)
+    .bind(image)
+    .bind(now)
+    .bind(now + chrono::Duration::seconds(300))
+    .execute(&system.sql_pool().await)
+    .await
+    .expect("inserted");
+    let request = messages::session::CreateSession {
+        session_id: messages::SessionId::parse(id.clone()).expect("valid"),
+        template_id: "sleeper".into(),
+        env: Default::default(),
+        requested_at: now,
+        timeout_seconds: None,
+    };
+    let client = async_nats::connect(system.nats.url())
+        .await
+        .expect("connects");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(messages::headers::MSG_ID, id.as_str());
+    async_nats::jetstream::new(client)
+        .publish_with_headers(
+            messages::subjects::sessions_create(),
+            headers,
+            messages::encode(&request).expect("encodes").into(),
+        )
+        .await
+        .expect("published")
+        .await
+        .expect("stored");
+    let (placed, _) = system
+        .wait_for_session(&id, "running", Duration::from_secs(15))
+        .await;
+    assert_eq!(placed["runtime_node"], survivor.as_str(), "{placed}");
+}
