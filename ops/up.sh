@@ -17,6 +17,9 @@
 #   SANDBOX_NATS_PORT     NATS client port (default 4222)
 #   API_GATEWAY_LISTEN    address of the HTTP API (default 127.0.0.1:8000; 0.0.0.0:8000 for
 #                         other hosts)
+#   API_GATEWAY_INTERNAL_LISTEN  address of the internal endpoints (default 127.0.0.1:8001)
+#   API_GATEWAY_INTERNAL_TOKEN, API_GATEWAY_INTERNAL_TOKEN_FILE  their bearer token; with
+#                         neither, a random token is written once to <run>/internal-token
 #   DATABASE_URL          scheduler database (default sqlite://<run>/sandbox.db)
 #   SANDBOX_UP_TIMEOUT    seconds to wait for the API and an online node (default 60)
 #   SANDBOX_SKIP_PREPARE  1 = skip steps 1-3 and use the binaries already built
@@ -36,6 +39,18 @@ GATEWAY_LISTEN="${API_GATEWAY_LISTEN:-127.0.0.1:8000}"
 GATEWAY_HOST="${GATEWAY_LISTEN%:*}"
 GATEWAY_PORT="${GATEWAY_LISTEN##*:}"
 API_URL="http://$(connect_host "$GATEWAY_HOST"):$GATEWAY_PORT"
+INTERNAL_LISTEN="${API_GATEWAY_INTERNAL_LISTEN:-127.0.0.1:8001}"
+INTERNAL_HOST="${INTERNAL_LISTEN%:*}"
+INTERNAL_PORT="${INTERNAL_LISTEN##*:}"
+INTERNAL_URL="http://$(connect_host "$INTERNAL_HOST"):$INTERNAL_PORT"
+if [[ -n "${API_GATEWAY_INTERNAL_TOKEN:-}" ]]; then
+    TOKEN_HINT="the value of API_GATEWAY_INTERNAL_TOKEN"
+    TOKEN_CMD='$API_GATEWAY_INTERNAL_TOKEN'
+else
+    TOKEN_FILE="${API_GATEWAY_INTERNAL_TOKEN_FILE:-$RUN_DIR/internal-token}"
+    TOKEN_HINT="$TOKEN_FILE"
+    TOKEN_CMD="\$(cat $TOKEN_FILE)"
+fi
 DATABASE_URL="${DATABASE_URL:-sqlite://$RUN_DIR/sandbox.db}"
 TIMEOUT="${SANDBOX_UP_TIMEOUT:-60}"
 SKIP_PREPARE="${SANDBOX_SKIP_PREPARE:-0}"
@@ -45,6 +60,8 @@ export RUST_LOG="${RUST_LOG:-info}"
 [[ "$NATS_PORT" =~ ^[0-9]+$ ]] || die "SANDBOX_NATS_PORT must be a port number, not '$NATS_PORT'"
 [[ "$GATEWAY_PORT" =~ ^[0-9]+$ && "$GATEWAY_LISTEN" == *:* ]] ||
     die "API_GATEWAY_LISTEN must be HOST:PORT such as 127.0.0.1:8000, not '$GATEWAY_LISTEN'"
+[[ "$INTERNAL_PORT" =~ ^[0-9]+$ && "$INTERNAL_LISTEN" == *:* ]] ||
+    die "API_GATEWAY_INTERNAL_LISTEN must be HOST:PORT such as 127.0.0.1:8001, not '$INTERNAL_LISTEN'"
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "SANDBOX_UP_TIMEOUT must be a number of seconds"
 
 print_usage_notes() {
@@ -64,6 +81,9 @@ print_usage_notes() {
 The sandbox control plane is up.
   API          $API_URL   (nodes: curl -s $API_URL/api/v1/nodes | jq)
   NATS         $NATS_URL
+  Internal     $INTERNAL_URL/internal/runtime/{nodes/register,heartbeat,containers/ready,containers/exited}
+               token in $TOKEN_HINT:
+               curl -s -X POST $INTERNAL_URL/internal/runtime/heartbeat -H "Authorization: Bearer $TOKEN_CMD" -H 'Content-Type: application/json' -d '{"node_id":"<node>"}'
   Create       curl -s -X POST $API_URL/api/v1/sessions -H 'Content-Type: application/json' -d '{"template_id":"python-basic"}' | jq
   Get          curl -s $API_URL/api/v1/sessions/<id> | jq
   Delete       curl -s -X DELETE $API_URL/api/v1/sessions/<id>
@@ -103,6 +123,7 @@ check_port_free() {
 check_ports() {
     check_port_free "NATS" "$NATS_HOST" "$NATS_PORT" SANDBOX_NATS_PORT
     check_port_free "HTTP API" "$GATEWAY_HOST" "$GATEWAY_PORT" API_GATEWAY_LISTEN
+    check_port_free "internal endpoints" "$INTERNAL_HOST" "$INTERNAL_PORT" API_GATEWAY_INTERNAL_LISTEN
 }
 check_ports
 
@@ -253,8 +274,17 @@ wait_for_nats || die "nats-server did not come up"
 start_service scheduler-worker env SCHEDULER_NATS_URL="$NATS_URL" DATABASE_URL="$DATABASE_URL" \
     "$BIN_DIR/scheduler-worker"
 start_service node-daemon env NODE_DAEMON_NATS_URL="$NATS_URL" "$BIN_DIR/node-daemon"
+# The internal endpoints always get a token: a random one, kept across runs, unless configured.
+internal_env=(API_GATEWAY_INTERNAL_LISTEN="$INTERNAL_LISTEN")
+if [[ -n "${TOKEN_FILE:-}" ]]; then
+    if [[ ! -s "$TOKEN_FILE" ]]; then
+        (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$TOKEN_FILE")
+        info "wrote a random internal token to $TOKEN_FILE"
+    fi
+    internal_env+=(API_GATEWAY_INTERNAL_TOKEN_FILE="$TOKEN_FILE")
+fi
 start_service api-gateway env API_GATEWAY_NATS_URL="$NATS_URL" API_GATEWAY_LISTEN="$GATEWAY_LISTEN" \
-    "$BIN_DIR/api-gateway"
+    "${internal_env[@]}" "$BIN_DIR/api-gateway"
 
 wait_for_api || die "the control plane did not become ready"
 up_ok=true

@@ -1,12 +1,15 @@
 //! The gateway's configuration, from flags or `API_GATEWAY_*` environment variables.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use service_kit::config::parse_duration;
 
 /// The largest request body a replica may be configured to accept; bodies are buffered whole.
 const MAX_BODY_BYTES_CEILING: usize = 64 * 1024 * 1024;
+/// A shorter bearer token is too easy to guess.
+const MIN_TOKEN_CHARS: usize = 16;
 
 /// How the gateway listens and how long it waits on the rest of the control plane.
 #[derive(Debug, Clone, clap::Parser)]
@@ -44,6 +47,23 @@ pub struct Config {
     /// in chunks, so this bounds disk use in the sandbox, not the gateway's memory.
     #[arg(long, env = "API_GATEWAY_MAX_FILE_BYTES", default_value_t = 100 * 1024 * 1024)]
     pub max_file_bytes: u64,
+    /// Address of the internal listener (the seed's /internal endpoints for agents that speak
+    /// only HTTP). Keep it off the public network.
+    #[arg(
+        long,
+        env = "API_GATEWAY_INTERNAL_LISTEN",
+        default_value = "127.0.0.1:8001"
+    )]
+    pub internal_listen: SocketAddr,
+
+    /// The bearer token the internal endpoints require. With neither it nor a token file, the
+    /// internal listener is not started.
+    #[arg(long, env = "API_GATEWAY_INTERNAL_TOKEN", hide_env_values = true)]
+    pub internal_token: Option<String>,
+
+    /// A file whose first line is the internal endpoints' bearer token.
+    #[arg(long, env = "API_GATEWAY_INTERNAL_TOKEN_FILE")]
+    pub internal_token_file: Option<PathBuf>,
 }
 
 /// A configuration value out of range.
@@ -57,6 +77,12 @@ pub enum ConfigError {
     ZeroMaxFileBytes,
     #[error("nats_url must not be empty")]
     EmptyNatsUrl,
+    #[error("set the internal token or a token file, not both")]
+    TwoTokens,
+    #[error("reading the internal token file {path}: {reason}")]
+    TokenFile { path: String, reason: String },
+    #[error("the internal token must have at least {MIN_TOKEN_CHARS} characters")]
+    ShortToken,
 }
 
 impl Config {
@@ -83,7 +109,32 @@ impl Config {
         if self.nats_url.trim().is_empty() {
             return Err(ConfigError::EmptyNatsUrl);
         }
+        self.internal_token()?;
         Ok(())
+    }
+
+    /// The internal endpoints' token, from the setting or the file; `None` when neither is set
+    /// (the internal listener stays off).
+    pub fn internal_token(&self) -> Result<Option<String>, ConfigError> {
+        let token = match (&self.internal_token, &self.internal_token_file) {
+            (Some(_), Some(_)) => return Err(ConfigError::TwoTokens),
+            (None, None) => return Ok(None),
+            (Some(token), None) => token.trim().to_owned(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|error| ConfigError::TokenFile {
+                    path: path.display().to_string(),
+                    reason: error.to_string(),
+                })?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        };
+        if token.chars().count() < MIN_TOKEN_CHARS {
+            return Err(ConfigError::ShortToken);
+        }
+        Ok(Some(token))
     }
 }
 
@@ -102,6 +153,11 @@ mod tests {
         assert_eq!(config.request_timeout, Duration::from_secs(10));
         assert_eq!(config.max_body_bytes, 1024 * 1024);
         assert_eq!(config.max_file_bytes, 100 * 1024 * 1024);
+        assert_eq!(
+            config.internal_listen,
+            "127.0.0.1:8001".parse().expect("address")
+        );
+        assert_eq!(config.internal_token().expect("no token"), None);
         assert_eq!(config.validate(), Ok(()));
     }
 
@@ -114,5 +170,15 @@ mod tests {
             Err(ConfigError::MaxBodyBytes { value: 0 })
         );
         assert!(Config::try_parse_from(["api-gateway", "--create-wait", "0s"]).is_err());
+        let short = Config::try_parse_from(["api-gateway", "--internal-token", "abc"])
+            .expect("flags parse");
+        assert_eq!(short.validate(), Err(ConfigError::ShortToken));
+        let missing =
+            Config::try_parse_from(["api-gateway", "--internal-token-file", "/no/such/token"])
+                .expect("flags parse");
+        assert!(matches!(
+            missing.validate(),
+            Err(ConfigError::TokenFile { .. })
+        ));
     }
 }

@@ -13,7 +13,9 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::NoHealthyNodes
         | ErrorCode::Capacity
         | ErrorCode::NodeUnavailable
+        | ErrorCode::NodeLost
         | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::RuntimeError => StatusCode::BAD_GATEWAY,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::InvalidRequest => StatusCode::UNPROCESSABLE_ENTITY,
@@ -190,6 +192,8 @@ mod tests {
             (ErrorCode::Capacity, 503),
             (ErrorCode::NodeUnavailable, 503),
             (ErrorCode::Unavailable, 503),
+            (ErrorCode::NodeLost, 503),
+            (ErrorCode::Forbidden, 403),
             (ErrorCode::RuntimeError, 502),
             (ErrorCode::NotFound, 404),
             (ErrorCode::InvalidRequest, 422),

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::http::StatusCode;
+use messages::session::is_env_name;
 
 use crate::error::ApiError;
 
@@ -38,14 +39,6 @@ pub fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
         }
     }
     Ok(())
-}
-
-fn is_env_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    bytes
-        .next()
-        .is_some_and(|first| first.is_ascii_alphabetic() || first == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// The `limit` of a paged list: 50 when absent, 1 to 500 when given.

@@ -7,6 +7,7 @@ mod executions;
 mod extract;
 mod files;
 mod input;
+mod internal;
 mod nodes;
 mod sessions;
 mod templates;
@@ -19,7 +20,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use service_kit::bus;
 use service_kit::tasks::Tasks;
@@ -47,6 +48,7 @@ pub(crate) struct AppState {
 #[derive(Debug)]
 pub struct Running {
     local_addr: SocketAddr,
+    internal_addr: Option<SocketAddr>,
     tasks: Tasks,
     shutdown_deadline: Duration,
 }
@@ -55,6 +57,11 @@ impl Running {
     /// The address the API listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the internal endpoints' listener; `None` when no token is configured.
+    pub fn internal_addr(&self) -> Option<SocketAddr> {
+        self.internal_addr
     }
 
     /// Waits for cancellation, then for in-flight requests to finish, up to a deadline.
@@ -67,6 +74,7 @@ impl Running {
 /// listener and starts serving; returns once requests can be taken.
 pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<Running> {
     config.validate().context("invalid configuration")?;
+    let internal_token = config.internal_token().context("invalid configuration")?;
     let nats = bus::connect(&config.nats_url, "api-gateway").await?;
     let mut jetstream = async_nats::jetstream::new(nats.clone());
     // Bounds the wait for a publish ack like any other request to the control plane.
@@ -80,6 +88,24 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     let local_addr = listener
         .local_addr()
         .context("reading the listener's address")?;
+    let internal_listener = match &internal_token {
+        Some(_) => Some(
+            tokio::net::TcpListener::bind(config.internal_listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "binding the internal listener to {}",
+                        config.internal_listen
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let internal_addr = internal_listener
+        .as_ref()
+        .map(tokio::net::TcpListener::local_addr)
+        .transpose()
+        .context("reading the internal listener's address")?;
 
     let state = AppState {
         nats,
@@ -89,8 +115,25 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         max_file_bytes: config.max_file_bytes,
         cancel: cancel.clone(),
     };
-    let app = router(state, config.max_body_bytes);
+    let app = router(state.clone(), config.max_body_bytes);
     let mut tasks = Tasks::new(cancel.clone());
+    match (internal_listener, internal_token) {
+        (Some(listener), Some(token)) => {
+            let internal = internal::router(state, token, config.max_body_bytes);
+            let stop = cancel.clone();
+            tasks.spawn("internal-http", async move {
+                axum::serve(listener, internal)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+                    .context("serving the internal endpoints")
+            });
+            tracing::info!(internal_addr = ?internal_addr, "internal endpoints listening");
+        }
+        _ => tracing::info!(
+            "no internal token configured (API_GATEWAY_INTERNAL_TOKEN or _FILE): the internal \
+             endpoints are off"
+        ),
+    }
     tasks.spawn("http", async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(cancel.cancelled_owned())
@@ -100,6 +143,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     tracing::info!(%local_addr, "api-gateway listening");
     Ok(Running {
         local_addr,
+        internal_addr,
         tasks,
         // A request in flight at shutdown ends within one request timeout (waits end at once).
         shutdown_deadline: config.request_timeout + SHUTDOWN_SLACK,
@@ -130,10 +174,21 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
                 .put(files::upload)
                 .delete(files::delete),
         )
-        .route("/api/v1/templates", get(templates::list))
-        .route("/api/v1/templates/{id}", get(templates::get))
-        .route("/api/v1/nodes", get(nodes::list))
+        .route("/api/v1/sessions/{id}/timeout", post(sessions::set_timeout))
+        .route(
+            "/api/v1/templates",
+            get(templates::list).post(templates::create),
+        )
+        .route(
+            "/api/v1/templates/{id}",
+            get(templates::get)
+                .put(templates::update)
+                .delete(templates::delete),
+        )
+        .route("/api/v1/nodes", get(nodes::list).post(nodes::declare))
         .route("/api/v1/nodes/{id}", get(nodes::get))
+        .route("/api/v1/nodes/{id}/drain", post(nodes::drain))
+        .route("/api/v1/nodes/{id}/undrain", post(nodes::undrain))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -158,14 +213,14 @@ async fn healthz(State(state): State<AppState>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
-async fn unknown_route(uri: Uri) -> ApiError {
+pub(crate) async fn unknown_route(uri: Uri) -> ApiError {
     ApiError::rejected(
         StatusCode::NOT_FOUND,
         format!("no route for {}", uri.path()),
     )
 }
 
-async fn wrong_method(request: Request) -> ApiError {
+pub(crate) async fn wrong_method(request: Request) -> ApiError {
     ApiError::rejected(
         StatusCode::METHOD_NOT_ALLOWED,
         format!(
@@ -177,7 +232,7 @@ async fn wrong_method(request: Request) -> ApiError {
 }
 
 /// Logs every request with its outcome.
-async fn log_request(request: Request, next: Next) -> Response {
+pub(crate) async fn log_request(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let started = Instant::now();

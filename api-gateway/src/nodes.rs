@@ -1,15 +1,19 @@
-//! `/api/v1/nodes`: the scheduler replicas' view of the runtime nodes.
+//! `/api/v1/nodes`: the scheduler replicas' view of the runtime nodes, and the operators'
+//! declarations (static registration) and drain.
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use messages::NodeId;
 use messages::api::{GetNode, ListNodes, NodeInfo};
+use messages::control::{DeclareNode, NodeDeclaration, SetNodeDrain};
 use serde::Serialize;
 use service_kit::bus;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::ApiPath;
+use crate::extract::{ApiJson, ApiPath};
 
 /// The body of `GET /api/v1/nodes`.
 #[derive(Debug, Serialize)]
@@ -24,14 +28,64 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<NodeList>
     Ok(Json(NodeList { nodes }))
 }
 
+/// An id that is not a valid node id names no node.
+fn node_id(id: &str) -> Result<NodeId, ApiError> {
+    NodeId::parse(id).map_err(|_| ApiError::not_found("node", id))
+}
+
 /// `GET /api/v1/nodes/{id}`.
 #[tracing::instrument(name = "gateway.get_node", skip_all, fields(node_id = %id))]
 pub(crate) async fn get(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<NodeInfo>, ApiError> {
-    // An id that is not a valid node id names no node.
-    let node_id = NodeId::parse(id.as_str()).map_err(|_| ApiError::not_found("node", &id))?;
+    let node_id = node_id(&id)?;
     let answer = bus::api_request(&state.nats, &GetNode { node_id }, state.request_timeout).await;
     Ok(Json(ApiError::found("node", &id, answer)?))
+}
+
+/// `POST /api/v1/nodes`: declares a node with the seed's fields (201). In static registration
+/// mode only declared nodes join; in either mode the declared capacity is what sessions are
+/// placed against.
+#[tracing::instrument(name = "gateway.declare_node", skip_all)]
+pub(crate) async fn declare(
+    State(state): State<AppState>,
+    ApiJson(declaration): ApiJson<NodeDeclaration>,
+) -> Result<Response, ApiError> {
+    let request = DeclareNode { declaration };
+    let node = bus::api_request(&state.nats, &request, state.request_timeout).await?;
+    let location = format!("/api/v1/nodes/{}", node.node_id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(node),
+    )
+        .into_response())
+}
+
+/// `POST /api/v1/nodes/{id}/drain`: no new sessions; the running ones run on.
+#[tracing::instrument(name = "gateway.drain_node", skip_all, fields(node_id = %id))]
+pub(crate) async fn drain(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<NodeInfo>, ApiError> {
+    set_drain(&state, &id, true).await
+}
+
+/// `POST /api/v1/nodes/{id}/undrain`.
+#[tracing::instrument(name = "gateway.undrain_node", skip_all, fields(node_id = %id))]
+pub(crate) async fn undrain(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<NodeInfo>, ApiError> {
+    set_drain(&state, &id, false).await
+}
+
+async fn set_drain(state: &AppState, id: &str, drained: bool) -> Result<Json<NodeInfo>, ApiError> {
+    let request = SetNodeDrain {
+        node_id: node_id(id)?,
+        drained,
+    };
+    let answer = bus::api_request(&state.nats, &request, state.request_timeout).await;
+    Ok(Json(ApiError::found("node", id, answer)?))
 }

@@ -13,8 +13,9 @@ use futures::StreamExt as _;
 use messages::api::{
     ApiRequest, DeleteSession, GetSession, GetTemplate, ListSessions, SessionPage,
 };
+use messages::control::SetSessionTimeout;
 use messages::headers::MSG_ID;
-use messages::session::{CreateSession, Session, SessionStatus};
+use messages::session::{CreateSession, Session, SessionStatus, check_timeout};
 use messages::{ErrorCode, SessionId, subjects};
 use serde::Deserialize;
 use service_kit::bus::{self, BusError};
@@ -34,6 +35,9 @@ pub(crate) struct CreateSessionBody {
     template_id: String,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    /// Seconds the session may live (default: the template's timeout).
+    #[serde(default)]
+    timeout: Option<u64>,
 }
 
 impl CreateSessionBody {
@@ -46,7 +50,11 @@ impl CreateSessionBody {
                 "template_id must have 1 to {MAX_TEMPLATE_ID_CHARS} characters"
             )));
         }
-        input::check_env(&self.env)
+        input::check_env(&self.env)?;
+        if let Some(timeout) = self.timeout {
+            check_timeout(timeout).map_err(invalid)?;
+        }
+        Ok(())
     }
 }
 
@@ -116,6 +124,7 @@ pub(crate) async fn create(
             template_id: body.template_id,
             env: body.env,
             requested_at,
+            timeout_seconds: body.timeout,
         },
     )
     .await
@@ -125,7 +134,7 @@ pub(crate) async fn create(
     match status_updates {
         None => Ok(session_response(
             StatusCode::ACCEPTED,
-            Session::pending(session_id, &template, requested_at),
+            Session::pending(session_id, &template, body.timeout, requested_at),
         )),
         Some(updates) => {
             let session = wait_until_settled(&state, &session_id, updates).await?;
@@ -211,6 +220,13 @@ fn answer_settled(session: Session) -> Result<Response, ApiError> {
                 .unwrap_or_else(|| "the session failed to start".to_owned()),
         )
         .for_session(&session.id)),
+        SessionStatus::Lost => Err(ApiError::from_code(
+            ErrorCode::NodeLost,
+            session
+                .failure_reason
+                .unwrap_or_else(|| "the session's node was lost".to_owned()),
+        )
+        .for_session(&session.id)),
         SessionStatus::Terminated => Err(ApiError::from_code(
             ErrorCode::Conflict,
             "the session was terminated before it started running",
@@ -281,6 +297,29 @@ pub(crate) async fn delete(
     ask_about_session(&state, &id, |session_id| DeleteSession { session_id }).await
 }
 
+/// The body of `POST /api/v1/sessions/{id}/timeout`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TimeoutBody {
+    /// Seconds from now until the session ends.
+    timeout: u64,
+}
+
+/// `POST /api/v1/sessions/{id}/timeout`: keep-alive; the session now ends `timeout` seconds
+/// from now.
+#[tracing::instrument(name = "gateway.set_session_timeout", skip_all, fields(session_id = %id))]
+pub(crate) async fn set_timeout(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<TimeoutBody>,
+) -> Result<Json<Session>, ApiError> {
+    ask_about_session(&state, &id, |session_id| SetSessionTimeout {
+        session_id,
+        timeout_seconds: body.timeout,
+    })
+    .await
+}
+
 /// Sends a request about one session to the schedulers. An id that is not a valid session id
 /// names no session: 404 without asking.
 async fn ask_about_session<R: ApiRequest<Response = Session>>(
@@ -305,6 +344,7 @@ mod tests {
                 .iter()
                 .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
                 .collect(),
+            timeout: None,
         }
     }
 
@@ -343,6 +383,10 @@ mod tests {
             body("t", &[("A", &long_value)]),
             body("t", &[("A", "a\0b")]),
             body("t", &too_many),
+            CreateSessionBody {
+                timeout: Some(0),
+                ..body("t", &[])
+            },
         ];
         for case in cases {
             let error = case.validate().expect_err("invalid input");
@@ -372,6 +416,8 @@ mod tests {
             updated_at: Utc::now(),
             started_at: None,
             ended_at: None,
+            timeout_seconds: 300,
+            expires_at: None,
         };
         let error = answer_settled(running_without_container).expect_err("no container id");
         assert_eq!(error.status, StatusCode::BAD_GATEWAY);

@@ -1,15 +1,21 @@
-//! `/api/v1/templates`: reads answered by the scheduler replicas.
+//! `/api/v1/templates`: reads, and the operators' create, replace and delete, all answered by
+//! the scheduler replicas (which check the values).
+
+use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use messages::api::{GetTemplate, ListTemplates};
-use messages::session::Template;
-use serde::Serialize;
+use messages::control::{CreateTemplate, DeleteTemplate, TemplateDefinition, UpdateTemplate};
+use messages::session::{NetworkMode, Resources, Template};
+use serde::{Deserialize, Serialize};
 use service_kit::bus;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::ApiPath;
+use crate::extract::{ApiJson, ApiPath};
 
 /// The body of `GET /api/v1/templates`.
 #[derive(Debug, Serialize)]
@@ -31,6 +37,129 @@ pub(crate) async fn get(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Template>, ApiError> {
     let request = GetTemplate {
+        template_id: id.clone(),
+    };
+    let answer = bus::api_request(&state.nats, &request, state.request_timeout).await;
+    Ok(Json(ApiError::found("template", &id, answer)?))
+}
+
+fn default_cpu() -> f64 {
+    1.0
+}
+fn default_memory() -> u64 {
+    512
+}
+fn default_pids() -> u32 {
+    256
+}
+fn default_timeout() -> u64 {
+    300
+}
+
+/// The body of `POST /api/v1/templates` and `PUT /api/v1/templates/{id}`. Short names, with
+/// the names a template reads back with accepted too.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TemplateBody {
+    /// Required on create; on replace it may be left out, or must match the path.
+    #[serde(default)]
+    id: Option<String>,
+    /// Defaults to the id.
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(alias = "image_url")]
+    image: String,
+    #[serde(default = "default_cpu", alias = "cpu_cores")]
+    cpu: f64,
+    /// MiB.
+    #[serde(default = "default_memory", alias = "memory_mb")]
+    memory: u64,
+    #[serde(default = "default_pids", alias = "pids_limit")]
+    pids: u32,
+    /// Seconds a session lives unless kept alive.
+    #[serde(default = "default_timeout", alias = "timeout_seconds")]
+    timeout: u64,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    network: NetworkMode,
+}
+
+impl TemplateBody {
+    fn into_definition(self, id: String) -> TemplateDefinition {
+        TemplateDefinition {
+            name: self.name.unwrap_or_else(|| id.clone()),
+            id,
+            description: self.description,
+            image_url: self.image,
+            resources: Resources {
+                cpu_cores: self.cpu,
+                memory_mb: self.memory,
+                pids_limit: self.pids,
+            },
+            network: self.network,
+            env: self.env,
+            timeout_seconds: self.timeout,
+        }
+    }
+}
+
+/// `POST /api/v1/templates`: 201 with the template, 409 if the id is taken.
+#[tracing::instrument(name = "gateway.create_template", skip_all)]
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    ApiJson(mut body): ApiJson<TemplateBody>,
+) -> Result<Response, ApiError> {
+    let Some(id) = body.id.take() else {
+        return Err(ApiError::invalid(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "id is required",
+        ));
+    };
+    let request = CreateTemplate {
+        definition: body.into_definition(id),
+    };
+    let template = bus::api_request(&state.nats, &request, state.request_timeout).await?;
+    let location = format!("/api/v1/templates/{}", template.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(template),
+    )
+        .into_response())
+}
+
+/// `PUT /api/v1/templates/{id}`: replaces the template; sessions made from it keep theirs.
+#[tracing::instrument(name = "gateway.update_template", skip_all, fields(template_id = %id))]
+pub(crate) async fn update(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(mut body): ApiJson<TemplateBody>,
+) -> Result<Json<Template>, ApiError> {
+    if let Some(body_id) = body.id.take()
+        && body_id != id
+    {
+        return Err(ApiError::invalid(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the body's id {body_id:?} differs from the path's {id:?}"),
+        ));
+    }
+    let request = UpdateTemplate {
+        definition: body.into_definition(id.clone()),
+    };
+    let answer = bus::api_request(&state.nats, &request, state.request_timeout).await;
+    Ok(Json(ApiError::found("template", &id, answer)?))
+}
+
+/// `DELETE /api/v1/templates/{id}`: answers the deleted template.
+#[tracing::instrument(name = "gateway.delete_template", skip_all, fields(template_id = %id))]
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Template>, ApiError> {
+    let request = DeleteTemplate {
         template_id: id.clone(),
     };
     let answer = bus::api_request(&state.nats, &request, state.request_timeout).await;

@@ -292,6 +292,7 @@ async fn a_redelivered_request_makes_no_second_container() {
         template_id: "python-basic".into(),
         env: Default::default(),
         requested_at: chrono::Utc::now(),
+        timeout_seconds: None,
     };
     publish_create(&system, &request, session_id.as_str()).await;
     let first = wait_for_status(&system, session_id.as_str(), "running").await;
@@ -336,9 +337,14 @@ async fn a_container_killed_from_outside_fails_its_session() {
         )
         .await
         .expect("killed");
-    let failed = wait_for_status(&system, id, "failed").await;
+    // From Docker's event stream within seconds, not at some later sweep.
+    let (failed, took) = system
+        .wait_for_session(id, "failed", Duration::from_secs(5))
+        .await;
+    eprintln!("docker kill to failed: {took:?}");
     let reason = failed["failure_reason"].as_str().expect("reason");
     assert!(reason.contains("killed"), "{reason}");
+    assert!(reason.contains("exit code 137"), "{reason}");
     // The dead container does not linger.
     for _ in 0..50 {
         if containers_of_session(id).await.is_empty() {

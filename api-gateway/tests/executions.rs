@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{System, require_executor_image};
+use common::{Options, System, require_executor_image};
 use serde_json::{Value, json};
 
 /// A running `python-basic` session: its id and container id.
@@ -614,4 +614,75 @@ async fn bad_execution_requests_get_clear_errors_and_change_nothing() {
         .get(&format!("/api/v1/sessions/{id}/files?path="))
         .await;
     assert_eq!(status, 409);
+}
+
+#[tokio::test]
+async fn the_seeds_result_callback_records_one_result_and_needs_the_token() {
+    require_executor_image();
+    const TOKEN: &str = "callback-test-token-0123456789";
+    let mut system = System::start(Options {
+        internal_token: Some(TOKEN.to_owned()),
+        ..Options::default()
+    })
+    .await;
+    system.start_node().await;
+    let (id, _) = session(&system).await;
+    let (status, started) = system
+        .post_json(
+            &format!("/api/v1/sessions/{id}/executions?wait=false"),
+            &json!({"code": "import time\ntime.sleep(20)", "timeout": 60}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let execution_id = started["id"].as_str().expect("id");
+    let path = format!("/internal/executions/{execution_id}/result");
+    let result = json!({"status": "success", "stdout": "from the executor\n", "stderr": "",
+        "exit_code": 0, "execution_time": 1.25, "return_value": {"answer": 42},
+        "metrics": {"cpu_seconds": 0.5}});
+
+    let (status, body) = system.post_internal(&path, None, &result).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = system
+        .post_internal(&path, Some(TOKEN), &json!({"status": "finished"}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (_, unchanged) = system
+        .get(&format!("/api/v1/executions/{execution_id}"))
+        .await;
+    assert_eq!(unchanged["status"], "running");
+
+    let (status, recorded) = system.post_internal(&path, Some(TOKEN), &result).await;
+    assert_eq!(status, 200, "{recorded}");
+    assert_eq!(recorded["status"], "completed");
+    assert_eq!(recorded["stdout"], "from the executor\n");
+    assert_eq!(recorded["duration_ms"], 1250);
+    assert_eq!(recorded["return_value"], "{\"answer\":42}");
+    assert_eq!(recorded["metrics"], json!({"cpu_seconds": 0.5}));
+
+    // The same result again is answered with the record; nothing is recorded twice.
+    let (status, again) = system.post_internal(&path, Some(TOKEN), &result).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again, recorded);
+    let (_, page) = system
+        .get(&format!("/api/v1/sessions/{id}/executions"))
+        .await;
+    assert_eq!(page["total"], 1);
+
+    // A different result for a run that has one is a conflict and changes nothing.
+    let other = json!({"status": "failed", "stdout": "", "stderr": "boom", "exit_code": 1});
+    let (status, conflict) = system.post_internal(&path, Some(TOKEN), &other).await;
+    assert_eq!(status, 409, "{conflict}");
+    let (_, read_back) = system
+        .get(&format!("/api/v1/executions/{execution_id}"))
+        .await;
+    assert_eq!(read_back, recorded);
+
+    let (status, _) = system
+        .post_internal(
+            "/internal/executions/0193a1b2-0000-7000-8000-000000000000/result",
+            Some(TOKEN),
+            &result,
+        )
+        .await;
+    assert_eq!(status, 404);
 }

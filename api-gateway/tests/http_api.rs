@@ -36,6 +36,9 @@ impl TestGateway {
             request_timeout: Duration::from_secs(2),
             max_body_bytes,
             max_file_bytes: 1024 * 1024,
+            internal_listen: "127.0.0.1:0".parse().expect("a socket address"),
+            internal_token: None,
+            internal_token_file: None,
         };
         let cancel = CancellationToken::new();
         let running = api_gateway::start(config, cancel.clone())
@@ -296,7 +299,7 @@ fn template() -> Template {
 fn announced(id: &SessionId, status: SessionStatus) -> Session {
     Session {
         status,
-        ..Session::pending(id.clone(), &template(), chrono::Utc::now())
+        ..Session::pending(id.clone(), &template(), None, chrono::Utc::now())
     }
 }
 

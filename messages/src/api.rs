@@ -34,6 +34,10 @@ pub enum ErrorCode {
     /// A part of the control plane is not reachable.
     Unavailable,
     Internal,
+    /// The session's node went offline and did not come back within the grace period.
+    NodeLost,
+    /// The caller may not do this (say, an undeclared node joining in static registration mode).
+    Forbidden,
     /// A code from a newer peer that this build does not know.
     #[serde(other)]
     Unknown,
@@ -52,6 +56,8 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::NodeLost => "node_lost",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -126,6 +132,7 @@ macro_rules! api_request {
         }
     };
 }
+pub(crate) use api_request;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GetSession {
@@ -241,6 +248,20 @@ pub enum NodeHealth {
     Draining,
     /// No heartbeat for three intervals, or it said it stopped: no placements.
     Offline,
+    /// Two heartbeat intervals without one: no placements; offline at the third.
+    Suspect,
+}
+
+impl NodeHealth {
+    /// As stored in `runtime_nodes.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeHealth::Online => "online",
+            NodeHealth::Draining => "draining",
+            NodeHealth::Offline => "offline",
+            NodeHealth::Suspect => "suspect",
+        }
+    }
 }
 
 /// A node as the API shows it: its registration and the scheduler's latest view of it.
@@ -264,4 +285,10 @@ pub struct NodeInfo {
     pub heartbeat_interval_ms: u64,
     pub last_heartbeat_at: Option<DateTime<Utc>>,
     pub registered_at: DateTime<Utc>,
+    /// An operator declared it (its capacity is the declared one).
+    #[serde(default)]
+    pub declared: bool,
+    /// An operator drained it: no new sessions, the running ones run on.
+    #[serde(default)]
+    pub drained: bool,
 }

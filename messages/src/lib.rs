@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod codec;
+pub mod control;
 pub mod execution;
 pub mod files;
 pub mod headers;

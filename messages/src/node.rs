@@ -28,6 +28,50 @@ pub struct NodeRegistration {
     /// How often this node heartbeats; health is judged against it.
     pub heartbeat_interval_ms: u64,
     pub started_at: DateTime<Utc>,
+    /// The sandbox containers the node holds, so a scheduler can reconcile them with the
+    /// sessions it recorded (adopt, remove, or fail). `None` from agents that do not report.
+    #[serde(default)]
+    pub inventory: Option<ContainerInventory>,
+}
+
+/// The containers a node daemon found labelled as its own, and when it listed them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerInventory {
+    pub listed_at: DateTime<Utc>,
+    pub containers: Vec<ReportedContainer>,
+}
+
+/// One container of a node's inventory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportedContainer {
+    pub container_id: String,
+    /// From its session label; `None` when the label is missing or not a session id.
+    #[serde(default)]
+    pub session_id: Option<SessionId>,
+    pub running: bool,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    #[serde(default)]
+    pub oom_killed: bool,
+}
+
+/// The answer to a registration sent as a request: the node may join. A refusal is a
+/// [`crate::Reply::Error`] whose message says why (say, an undeclared node in static mode).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegistrationAccepted {
+    pub node_id: NodeId,
+    /// An operator declared the node; its declared capacity is what schedulers place against.
+    pub declared: bool,
+    pub total_cpu_cores: f64,
+    pub total_memory_mb: u64,
+    pub max_containers: u32,
+}
+
+/// On [`crate::subjects::nodes_updated`]: an operator changed a node's record (declared or
+/// drained it); every scheduler replica reads it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeUpdated {
+    pub node_id: NodeId,
 }
 
 /// What a node says of itself.
@@ -190,4 +234,21 @@ pub struct ContainerRemoved {
 impl NodeCommand for RemoveContainer {
     const VERB: NodeVerb = NodeVerb::ContainersRemove;
     type Response = ContainerRemoved;
+}
+
+/// `node.ping`: is the daemon there?
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PingNode {}
+
+/// The daemon is there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodePong {
+    pub node_id: NodeId,
+    /// When this daemon process started (as in its registration).
+    pub started_at: DateTime<Utc>,
+}
+
+impl NodeCommand for PingNode {
+    const VERB: NodeVerb = NodeVerb::Ping;
+    type Response = NodePong;
 }

@@ -108,17 +108,20 @@ pub enum SessionStatus {
     Running,
     /// It could not start or its container died; `failure_reason` says why.
     Failed,
-    /// Ended on request; its container is removed.
+    /// Ended on request, or its timeout ran out; its container is removed.
     Terminated,
+    /// Its node went offline and stayed away past the grace period (`failure_code` node_lost).
+    Lost,
 }
 
 impl SessionStatus {
-    pub const ALL: [SessionStatus; 5] = [
+    pub const ALL: [SessionStatus; 6] = [
         SessionStatus::Pending,
         SessionStatus::Creating,
         SessionStatus::Running,
         SessionStatus::Failed,
         SessionStatus::Terminated,
+        SessionStatus::Lost,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -128,12 +131,16 @@ impl SessionStatus {
             SessionStatus::Running => "running",
             SessionStatus::Failed => "failed",
             SessionStatus::Terminated => "terminated",
+            SessionStatus::Lost => "lost",
         }
     }
 
     /// A session in a final state never changes again.
     pub fn is_final(self) -> bool {
-        matches!(self, SessionStatus::Failed | SessionStatus::Terminated)
+        matches!(
+            self,
+            SessionStatus::Failed | SessionStatus::Terminated | SessionStatus::Lost
+        )
     }
 
     /// The state a waiting create answers on: running, or any final state.
@@ -175,12 +182,24 @@ pub struct Session {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// Seconds the session may live; kept alive with `POST /api/v1/sessions/{id}/timeout`.
+    #[serde(default)]
+    pub timeout_seconds: u64,
+    /// When the session is ended unless kept alive (`None` for sessions already ended).
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 impl Session {
-    /// A session as first recorded: accepted, its image and limits taken from `template`, no
-    /// node yet.
-    pub fn pending(id: SessionId, template: &Template, at: DateTime<Utc>) -> Self {
+    /// A session as first recorded: accepted, its image, limits and timeout taken from
+    /// `template` (unless the request set a timeout), no node yet.
+    pub fn pending(
+        id: SessionId,
+        template: &Template,
+        timeout_seconds: Option<u64>,
+        at: DateTime<Utc>,
+    ) -> Self {
+        let timeout_seconds = timeout_seconds.unwrap_or(template.timeout_seconds);
         Session {
             id,
             template_id: template.id.clone(),
@@ -196,8 +215,54 @@ impl Session {
             updated_at: at,
             started_at: None,
             ended_at: None,
+            timeout_seconds,
+            expires_at: Some(expiry(at, timeout_seconds)),
         }
     }
+}
+
+/// The moment a session with `timeout_seconds` from `from` expires.
+pub fn expiry(from: DateTime<Utc>, timeout_seconds: u64) -> DateTime<Utc> {
+    let seconds = i64::try_from(timeout_seconds).unwrap_or(i64::MAX);
+    from.checked_add_signed(
+        chrono::TimeDelta::try_seconds(seconds).unwrap_or(chrono::TimeDelta::MAX),
+    )
+    .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// The longest timeout a session or template may have: one week.
+pub const MAX_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
+
+/// Checks a session or template timeout, in seconds.
+pub fn check_timeout(seconds: u64) -> Result<(), String> {
+    if (1..=MAX_TIMEOUT_SECONDS).contains(&seconds) {
+        Ok(())
+    } else {
+        Err(format!(
+            "timeout must be between 1 and {MAX_TIMEOUT_SECONDS} seconds, not {seconds}"
+        ))
+    }
+}
+
+/// Image references reach the engine inside URL paths; nothing outside this alphabet is needed.
+const IMAGE_REFERENCE_EXTRA_CHARS: &[char] = &['.', '_', '-', '/', ':', '@'];
+
+/// Whether `image` is a plain image reference (it is sent inside a URL path).
+pub fn is_image_reference(image: &str) -> bool {
+    !image.is_empty()
+        && image.len() <= 255
+        && image
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || IMAGE_REFERENCE_EXTRA_CHARS.contains(&c))
+}
+
+/// Whether `name` can be an environment variable's name: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic() || first == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// On `sessions.create` (JetStream, `Nats-Msg-Id` = the session id): make this session.
@@ -209,4 +274,30 @@ pub struct CreateSession {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub requested_at: DateTime<Utc>,
+    /// Overrides the template's timeout, in seconds.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references_are_plain() {
+        assert!(is_image_reference("sandbox-executor:v1.0"));
+        assert!(is_image_reference("registry.local/team/image@sha256:abc"));
+        assert!(!is_image_reference(""));
+        assert!(!is_image_reference("image?x=1"));
+        assert!(!is_image_reference("image name"));
+    }
+
+    #[test]
+    fn env_names_and_timeouts_are_checked() {
+        assert!(is_env_name("_X1") && is_env_name("PATH"));
+        assert!(!is_env_name("1X") && !is_env_name("A-B") && !is_env_name(""));
+        assert!(check_timeout(300).is_ok());
+        assert!(check_timeout(0).is_err());
+        assert!(check_timeout(MAX_TIMEOUT_SECONDS + 1).is_err());
+    }
 }

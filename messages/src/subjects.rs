@@ -30,6 +30,11 @@ pub fn containers_exited() -> &'static str {
     "runtime.containers.exited"
 }
 
+/// An operator changed a node's record (declaration, drain); every scheduler replica re-reads it.
+pub fn nodes_updated() -> &'static str {
+    "sandbox.nodes.updated"
+}
+
 /// The commands a node daemon answers, one verb each, on `runtime.cmd.<node_id>.<verb>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NodeVerb {
@@ -41,10 +46,13 @@ pub enum NodeVerb {
     FilesRead,
     FilesList,
     FilesDelete,
+    /// Is the daemon there? Asked of a node that missed heartbeats: "no responders" means its
+    /// process is gone.
+    Ping,
 }
 
 impl NodeVerb {
-    pub const ALL: [NodeVerb; 8] = [
+    pub const ALL: [NodeVerb; 9] = [
         NodeVerb::ContainersCreate,
         NodeVerb::ContainersRemove,
         NodeVerb::ExecutionsRun,
@@ -53,6 +61,7 @@ impl NodeVerb {
         NodeVerb::FilesRead,
         NodeVerb::FilesList,
         NodeVerb::FilesDelete,
+        NodeVerb::Ping,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +74,7 @@ impl NodeVerb {
             NodeVerb::FilesRead => "files.read",
             NodeVerb::FilesList => "files.list",
             NodeVerb::FilesDelete => "files.delete",
+            NodeVerb::Ping => "node.ping",
         }
     }
 }
@@ -156,10 +166,16 @@ pub enum ApiOp {
     ExecutionsGet,
     ExecutionsList,
     ExecutionsRecord,
+    SessionsSetTimeout,
+    TemplatesCreate,
+    TemplatesUpdate,
+    TemplatesDelete,
+    NodesDeclare,
+    NodesDrain,
 }
 
 impl ApiOp {
-    pub const ALL: [ApiOp; 11] = [
+    pub const ALL: [ApiOp; 17] = [
         ApiOp::SessionsGet,
         ApiOp::SessionsList,
         ApiOp::SessionsDelete,
@@ -171,6 +187,12 @@ impl ApiOp {
         ApiOp::ExecutionsGet,
         ApiOp::ExecutionsList,
         ApiOp::ExecutionsRecord,
+        ApiOp::SessionsSetTimeout,
+        ApiOp::TemplatesCreate,
+        ApiOp::TemplatesUpdate,
+        ApiOp::TemplatesDelete,
+        ApiOp::NodesDeclare,
+        ApiOp::NodesDrain,
     ];
 }
 
@@ -188,6 +210,12 @@ pub fn api(op: ApiOp) -> &'static str {
         ApiOp::ExecutionsGet => "sandbox.api.executions.get",
         ApiOp::ExecutionsList => "sandbox.api.executions.list",
         ApiOp::ExecutionsRecord => "sandbox.api.executions.record",
+        ApiOp::SessionsSetTimeout => "sandbox.api.sessions.timeout",
+        ApiOp::TemplatesCreate => "sandbox.api.templates.create",
+        ApiOp::TemplatesUpdate => "sandbox.api.templates.update",
+        ApiOp::TemplatesDelete => "sandbox.api.templates.delete",
+        ApiOp::NodesDeclare => "sandbox.api.nodes.declare",
+        ApiOp::NodesDrain => "sandbox.api.nodes.drain",
     }
 }
 

@@ -9,6 +9,10 @@ use messages::api::{
     ListNodes, ListSessions, ListTemplates, NodeHealth, NodeInfo, RecordExecutionResult,
     SessionPage, StartExecution,
 };
+use messages::control::{
+    CreateTemplate, DeclareNode, DeleteTemplate, NodeDeclaration, SetNodeDrain, SetSessionTimeout,
+    TemplateDefinition, UpdateTemplate,
+};
 use messages::execution::{
     Execution, ExecutionOutput, ExecutionResult, ExecutionStarted, ExecutionStatus, Language,
     OutputStream, RunExecution,
@@ -18,9 +22,9 @@ use messages::files::{
     FileWriteProgress, ListFiles, ReadFileChunk, UploadAborted, WorkspacePath, WriteFileChunk,
 };
 use messages::node::{
-    ContainerCreated, ContainerExited, ContainerReady, ContainerRemoved, CreateContainer,
-    DiscoverNodes, ExitReason, Heartbeat, NodeRegistration, NodeSelfStatus, NodeUsage,
-    RemoveContainer,
+    ContainerCreated, ContainerExited, ContainerInventory, ContainerReady, ContainerRemoved,
+    CreateContainer, DiscoverNodes, ExitReason, Heartbeat, NodeRegistration, NodeSelfStatus,
+    NodeUpdated, NodeUsage, RegistrationAccepted, RemoveContainer, ReportedContainer,
 };
 use messages::session::{
     ContainerSpec, CreateSession, NetworkMode, Resources, Session, SessionStatus, Template,
@@ -76,6 +80,8 @@ fn session() -> Session {
         updated_at: at(),
         started_at: Some(at()),
         ended_at: None,
+        timeout_seconds: 300,
+        expires_at: Some(at()),
     }
 }
 
@@ -114,6 +120,8 @@ fn node_info() -> NodeInfo {
         heartbeat_interval_ms: 5000,
         last_heartbeat_at: Some(at()),
         registered_at: at(),
+        declared: true,
+        drained: false,
     }
 }
 
@@ -224,6 +232,66 @@ fn every_payload_round_trips() {
         daemon_version: "0.1.0".into(),
         heartbeat_interval_ms: 5000,
         started_at: at(),
+        inventory: Some(ContainerInventory {
+            listed_at: at(),
+            containers: vec![ReportedContainer {
+                container_id: "abc123".into(),
+                session_id: Some(session_id()),
+                running: false,
+                exit_code: Some(137),
+                oom_killed: true,
+            }],
+        }),
+    });
+    round_trips(Reply::Ok(RegistrationAccepted {
+        node_id: node(),
+        declared: true,
+        total_cpu_cores: 8.0,
+        total_memory_mb: 16384,
+        max_containers: 100,
+    }));
+    round_trips(Reply::<RegistrationAccepted>::Error(ErrorBody::new(
+        ErrorCode::Forbidden,
+        "node docker-local is not declared",
+    )));
+    round_trips(NodeUpdated { node_id: node() });
+    round_trips(DeclareNode {
+        declaration: NodeDeclaration {
+            node_id: node(),
+            hostname: "localhost".into(),
+            runtime_type: "docker".into(),
+            ip_address: "127.0.0.1".into(),
+            api_endpoint: "unix:///var/run/docker.sock".into(),
+            total_cpu_cores: 8.0,
+            total_memory_mb: 16384,
+            max_containers: 100,
+            labels: BTreeMap::new(),
+        },
+    });
+    round_trips(SetNodeDrain {
+        node_id: node(),
+        drained: true,
+    });
+    let definition = TemplateDefinition {
+        id: "python-basic".into(),
+        name: "Python".into(),
+        description: String::new(),
+        image_url: "sandbox-executor:v1.0".into(),
+        resources: resources(),
+        network: NetworkMode::SandboxNetwork,
+        env: BTreeMap::new(),
+        timeout_seconds: 60,
+    };
+    round_trips(CreateTemplate {
+        definition: definition.clone(),
+    });
+    round_trips(UpdateTemplate { definition });
+    round_trips(DeleteTemplate {
+        template_id: "python-basic".into(),
+    });
+    round_trips(SetSessionTimeout {
+        session_id: session_id(),
+        timeout_seconds: 600,
     });
     round_trips(Heartbeat {
         node_id: node(),
@@ -286,6 +354,7 @@ fn every_payload_round_trips() {
         template_id: "python-basic".into(),
         env: BTreeMap::new(),
         requested_at: at(),
+        timeout_seconds: Some(60),
     });
     round_trips(session());
     round_trips(template());

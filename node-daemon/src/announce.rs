@@ -7,20 +7,27 @@ use std::time::Duration;
 use async_nats::Subscriber;
 use chrono::Utc;
 use futures::StreamExt as _;
-use messages::node::{DiscoverNodes, Heartbeat, NodeRegistration, NodeSelfStatus};
+use messages::node::{
+    ContainerInventory, DiscoverNodes, Heartbeat, NodePong, NodeRegistration, NodeSelfStatus,
+    PingNode, RegistrationAccepted, ReportedContainer,
+};
 use messages::subjects;
+use messages::{ErrorBody, ErrorCode, Reply};
 use service_kit::bus::{self, BusError};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
-use crate::docker::HostResources;
+use crate::docker::{ContainerFacts, HostResources};
 use crate::node::Node;
 
 /// What goes in `runtime_type` for a node backed by a real Docker engine.
 const RUNTIME_TYPE: &str = "docker";
 /// How long the last heartbeat may take to leave on shutdown.
 const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long to wait for a scheduler to accept or refuse the registration. None may be running:
+/// schedulers ask for the nodes when they start.
+const REGISTRATION_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The registration this node announces, from its configuration and what the host offers.
 pub(crate) fn registration(
@@ -46,21 +53,86 @@ pub(crate) fn registration(
         heartbeat_interval_ms: u64::try_from(config.heartbeat_interval.as_millis())
             .unwrap_or(u64::MAX),
         started_at: Utc::now(),
+        inventory: None,
     }
 }
 
-/// Announces the node on `runtime.nodes.register` with the given image list. Like every
-/// message, it carries a trace context: the span gives it one.
+/// The containers listed (at `listed_at`, taken before the listing) as a scheduler reconciles
+/// them.
+pub(crate) fn inventory(
+    containers: &[ContainerFacts],
+    listed_at: chrono::DateTime<Utc>,
+) -> ContainerInventory {
+    ContainerInventory {
+        listed_at,
+        containers: containers
+            .iter()
+            .map(|facts| ReportedContainer {
+                container_id: facts.id.clone(),
+                session_id: facts.session_id.clone(),
+                running: facts.running,
+                exit_code: facts.exit_code,
+                oom_killed: facts.oom_killed,
+            })
+            .collect(),
+    }
+}
+
+/// Announces the node on `runtime.nodes.register` with the given image list and containers,
+/// as a request: a scheduler answers whether the node may join. A refusal (an undeclared node
+/// in static mode) is logged with its reason; the schedulers ask again for nodes they hear
+/// heartbeats from, so the node joins once declared. Like every message, it carries a trace
+/// context: the span gives it one.
 #[tracing::instrument(name = "node.register", skip_all)]
 pub(crate) async fn publish_registration(
     node: &Node,
     cached_images: Vec<String>,
+    inventory: Option<ContainerInventory>,
 ) -> Result<(), BusError> {
     let registration = NodeRegistration {
         cached_images,
+        inventory,
         ..node.registration.clone()
     };
-    bus::publish(&node.nats, subjects::nodes_register(), &registration).await
+    let subject = subjects::nodes_register().to_owned();
+    let answer: Result<RegistrationAccepted, BusError> = bus::request(
+        &node.nats,
+        subject,
+        &registration,
+        REGISTRATION_ANSWER_TIMEOUT,
+    )
+    .await;
+    match answer {
+        Ok(accepted) => tracing::info!(
+            declared = accepted.declared,
+            cpu_cores = accepted.total_cpu_cores,
+            memory_mb = accepted.total_memory_mb,
+            max_containers = accepted.max_containers,
+            "registration accepted"
+        ),
+        Err(BusError::Remote(refusal)) => tracing::error!(
+            code = %refusal.code,
+            reason = %refusal.message,
+            "registration refused: this node takes no sessions until a scheduler accepts it"
+        ),
+        Err(BusError::NoResponders { .. } | BusError::Timeout { .. }) => tracing::info!(
+            "no scheduler answered the registration; schedulers ask for the nodes when they start"
+        ),
+        Err(error) => return Err(error),
+    }
+    Ok(())
+}
+
+/// The containers this node holds now; `None` (logged) when Docker cannot list them.
+pub(crate) async fn current_inventory(node: &Node) -> Option<ContainerInventory> {
+    let listed_at = Utc::now();
+    match node.docker.managed_containers(&node.id).await {
+        Ok(containers) => Some(inventory(&containers, listed_at)),
+        Err(error) => {
+            tracing::warn!(%error, "listing this node's containers failed; announcing without them");
+            None
+        }
+    }
 }
 
 /// Answers `runtime.nodes.discover` for all nodes or this one by announcing the node again, with
@@ -95,8 +167,40 @@ pub(crate) async fn serve_discover(
                 node.registration.cached_images.clone()
             }
         };
-        if let Err(error) = publish_registration(&node, cached_images).await {
+        let inventory = current_inventory(&node).await;
+        if let Err(error) = publish_registration(&node, cached_images, inventory).await {
             tracing::warn!(%error, "announcing the node on discovery failed");
+        }
+    }
+}
+
+/// Answers `runtime.cmd.<node_id>.node.ping`: a scheduler that missed this node's heartbeats
+/// asks whether the daemon is still there.
+pub(crate) async fn serve_ping(
+    node: Arc<Node>,
+    mut subscriber: Subscriber,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let message = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            message = subscriber.next() => message,
+        };
+        let Some(message) = message else {
+            anyhow::bail!("the ping subscription ended");
+        };
+        let reply = match messages::decode::<PingNode>(&message.payload) {
+            Ok(PingNode {}) => Reply::Ok(NodePong {
+                node_id: node.id.clone(),
+                started_at: node.registration.started_at,
+            }),
+            Err(error) => Reply::Error(ErrorBody::new(
+                ErrorCode::InvalidRequest,
+                format!("malformed ping: {error}"),
+            )),
+        };
+        if let Err(error) = bus::respond(&node.nats, &message, &reply).await {
+            tracing::warn!(%error, "answering a ping failed");
         }
     }
 }

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::docker::{self, ContainerFacts, DockerError, SandboxContainer};
+use crate::docker::{ContainerFacts, DockerError, SandboxContainer};
 use crate::ledger::{Admission, Demand};
 use crate::node::Node;
 
@@ -313,7 +313,7 @@ async fn remove_container(
 fn check_request(command: &CreateContainer) -> Result<(), ErrorBody> {
     let spec = &command.spec;
     let invalid = |message: String| Err(ErrorBody::new(ErrorCode::InvalidRequest, message));
-    if !docker::is_image_reference(&spec.image) {
+    if !messages::session::is_image_reference(&spec.image) {
         return invalid(format!("{:?} is not an image reference", spec.image));
     }
     let Resources {

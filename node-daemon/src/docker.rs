@@ -24,8 +24,6 @@ use crate::ledger::Demand;
 const REQUEST_TIMEOUT_SECS: u64 = 120;
 const BYTES_PER_MIB: i64 = 1024 * 1024;
 const NANO_CPUS_PER_MILLICORE: i64 = 1_000_000;
-/// Image references reach the engine inside URL paths; nothing outside this alphabet is needed.
-const IMAGE_REFERENCE_EXTRA_CHARS: &[char] = &['.', '_', '-', '/', ':', '@'];
 /// The image label saying which version of the executor agent protocol its command speaks
 /// (ops/images/agent/PROTOCOL.md). Docker copies image labels into the container's.
 const EXECUTOR_PROTOCOL_LABEL: &str = "io.sandbox.executor-protocol";
@@ -200,15 +198,6 @@ impl SandboxContainer<'_> {
             ..Default::default()
         }
     }
-}
-
-/// Whether `image` is a plain image reference (it is sent inside a URL path).
-pub fn is_image_reference(image: &str) -> bool {
-    !image.is_empty()
-        && image.len() <= 255
-        && image
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || IMAGE_REFERENCE_EXTRA_CHARS.contains(&c))
 }
 
 /// The local Docker engine.
@@ -482,14 +471,5 @@ mod tests {
             log.config
                 .is_some_and(|config| config.contains_key("max-size"))
         );
-    }
-
-    #[test]
-    fn image_references_are_plain() {
-        assert!(is_image_reference("sandbox-executor:v1.0"));
-        assert!(is_image_reference("registry.local/team/image@sha256:abc"));
-        assert!(!is_image_reference(""));
-        assert!(!is_image_reference("image?x=1"));
-        assert!(!is_image_reference("image name"));
     }
 }

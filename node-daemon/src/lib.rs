@@ -79,17 +79,22 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
 
     // 6. The containers this node already runs, so allocations survive a daemon restart. Events
     //    are followed from just before this read, so an exit in between is not lost.
+    //    They are reported with the registration, so the schedulers adopt the running sessions'
+    //    containers and have the others removed: a restart never ends a running session.
     let events_since = SystemTime::now();
+    let listed_at = chrono::Utc::now();
     let mut ledger = Ledger::new(Capacity::new(
         config.max_containers,
         offered.cpu_cores,
         offered.memory_mb,
     ));
-    for container in docker.managed_containers(&node_id).await? {
-        if let Some(session_id) = running_session(&container) {
+    let containers = docker.managed_containers(&node_id).await?;
+    for container in &containers {
+        if let Some(session_id) = running_session(container) {
             ledger.mark_running(&session_id, &container.id, container.demand);
         }
     }
+    let inventory = announce::inventory(&containers, listed_at);
     tracing::info!(
         node_id = %node_id,
         cpu_cores = offered.cpu_cores,
@@ -173,6 +178,9 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
             NodeVerb::FilesDelete => {
                 tasks.spawn(name, commands::serve::<DeleteFile>(node, subscriber, stop));
             }
+            NodeVerb::Ping => {
+                tasks.spawn(name, announce::serve_ping(node, subscriber, stop));
+            }
         }
     }
     tasks.spawn(
@@ -186,7 +194,8 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
 
     // 9. Announce the node, then keep it alive with heartbeats.
     let cached_images = node.registration.cached_images.clone();
-    if let Err(error) = announce::publish_registration(&node, cached_images).await {
+    if let Err(error) = announce::publish_registration(&node, cached_images, Some(inventory)).await
+    {
         stop.cancel();
         return Err(error).context("publishing the node registration");
     }

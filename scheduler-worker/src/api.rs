@@ -12,6 +12,9 @@ use messages::api::{
     ListNodes, ListSessions, ListTemplates, NodeInfo, RecordExecutionResult, SessionPage,
     StartExecution,
 };
+use messages::control::{
+    CreateTemplate, DeclareNode, DeleteTemplate, SetNodeDrain, SetSessionTimeout, UpdateTemplate,
+};
 use messages::session::{Session, SessionStatus, Template};
 use messages::subjects::{self, ApiOp};
 use messages::{ErrorBody, ErrorCode, Reply, decode};
@@ -127,6 +130,42 @@ async fn answer(scheduler: &Scheduler, op: ApiOp, message: &Message) {
             })
             .await;
         }
+        ApiOp::SessionsSetTimeout => {
+            respond(scheduler, message, |r: SetSessionTimeout| {
+                scheduler.api_set_session_timeout(r)
+            })
+            .await;
+        }
+        ApiOp::TemplatesCreate => {
+            respond(scheduler, message, |r: CreateTemplate| {
+                scheduler.api_create_template(r)
+            })
+            .await;
+        }
+        ApiOp::TemplatesUpdate => {
+            respond(scheduler, message, |r: UpdateTemplate| {
+                scheduler.api_update_template(r)
+            })
+            .await;
+        }
+        ApiOp::TemplatesDelete => {
+            respond(scheduler, message, |r: DeleteTemplate| {
+                scheduler.api_delete_template(r)
+            })
+            .await;
+        }
+        ApiOp::NodesDeclare => {
+            respond(scheduler, message, |r: DeclareNode| {
+                scheduler.api_declare_node(r)
+            })
+            .await;
+        }
+        ApiOp::NodesDrain => {
+            respond(scheduler, message, |r: SetNodeDrain| {
+                scheduler.api_set_node_drain(r)
+            })
+            .await;
+        }
     }
 }
 
@@ -188,6 +227,7 @@ impl Scheduler {
             SessionStatus::Creating,
             SessionStatus::Running,
             SessionStatus::Failed,
+            SessionStatus::Lost,
         ];
         let (session, changed) = self
             .store

@@ -1,6 +1,7 @@
 //! The scheduler worker's configuration: flags, or environment variables prefixed `SCHEDULER_`
 //! (and the conventional `DATABASE_URL`).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -50,6 +51,36 @@ pub struct Config {
     /// Nodes tried for one session before it fails (a full or silent node passes it on).
     #[arg(long, env = "SCHEDULER_PLACEMENT_ATTEMPTS", default_value_t = 3)]
     pub placement_attempts: usize,
+
+    /// `dynamic`: any node daemon that connects joins. `static`: only declared nodes join
+    /// (POST /api/v1/nodes, --nodes-file, or a row inserted into runtime_nodes).
+    #[arg(long, env = "SCHEDULER_REGISTRATION_MODE", value_enum, default_value_t = RegistrationMode::Dynamic)]
+    pub registration_mode: RegistrationMode,
+
+    /// A JSON file with a list of node declarations (the seed's fields), declared at start.
+    #[arg(long, env = "SCHEDULER_NODES_FILE")]
+    pub nodes_file: Option<PathBuf>,
+
+    /// How long a node may stay offline before the sessions on it are marked lost.
+    #[arg(long, env = "SCHEDULER_NODE_LOST_GRACE", default_value = "60s", value_parser = parse_duration)]
+    pub node_lost_grace: Duration,
+
+    /// How long a session may take to reach running before it is failed.
+    #[arg(long, env = "SCHEDULER_START_DEADLINE", default_value = "120s", value_parser = parse_duration)]
+    pub start_deadline: Duration,
+
+    /// How often session lifetimes (timeouts, stuck starts) are checked.
+    #[arg(long, env = "SCHEDULER_LIFETIME_SWEEP", default_value = "1s", value_parser = parse_duration)]
+    pub lifetime_sweep: Duration,
+}
+
+/// Which node daemons may join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RegistrationMode {
+    /// Any daemon that registers joins.
+    Dynamic,
+    /// Only nodes an operator declared join; others are refused with the reason.
+    Static,
 }
 
 impl Config {
@@ -77,6 +108,20 @@ impl Config {
         if self.ack_wait < Duration::from_secs(1) {
             bail!("SCHEDULER_ACK_WAIT must be at least 1s");
         }
+        if self.lifetime_sweep.is_zero() || self.lifetime_sweep > Duration::from_secs(60) {
+            bail!("SCHEDULER_LIFETIME_SWEEP must be between 1ms and 60s");
+        }
+        if self.start_deadline < Duration::from_secs(1) {
+            bail!("SCHEDULER_START_DEADLINE must be at least 1s");
+        }
+        if let Some(path) = &self.nodes_file
+            && !path.is_file()
+        {
+            bail!(
+                "SCHEDULER_NODES_FILE {} is not a readable file",
+                path.display()
+            );
+        }
         Ok(())
     }
 }
@@ -103,5 +148,12 @@ mod tests {
         assert!(parse(&["--max-in-flight", "0"]).validate().is_err());
         assert!(parse(&["--nats-url", "localhost"]).validate().is_err());
         assert!(Config::try_parse_from(["s", "--node-timeout", "soon"]).is_err());
+        assert!(Config::try_parse_from(["s", "--registration-mode", "open"]).is_err());
+        assert!(
+            parse(&["--nodes-file", "/no/such/nodes.json"])
+                .validate()
+                .is_err()
+        );
+        assert!(parse(&["--start-deadline", "500ms"]).validate().is_err());
     }
 }

@@ -11,25 +11,30 @@ use futures::StreamExt as _;
 use messages::api::NodeHealth;
 use messages::node::{
     ContainerExited, ContainerReady, DiscoverNodes, Heartbeat, NodeRegistration, NodeSelfStatus,
+    NodeUpdated, PingNode, RegistrationAccepted,
 };
 use messages::session::SessionStatus;
-use messages::{ErrorCode, NodeId, decode, subjects};
+use messages::{ErrorBody, ErrorCode, NodeId, Reply, decode, subjects};
 use serde::de::DeserializeOwned;
-use service_kit::bus;
+use service_kit::bus::{self, BusError};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::RegistrationMode;
 use crate::fleet::HeartbeatOutcome;
 use crate::scheduler::Scheduler;
-use crate::store::{self, Transition};
+use crate::store::{self, NodeRecord, Transition};
 
 /// How often node health is re-judged, so a silent node is marked offline promptly.
 const HEALTH_SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// How long a probe of a suspect node waits for its daemon.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What every replica hears: the source of its node view.
 #[derive(Debug)]
 pub struct ViewSubscriptions {
     registrations: Subscriber,
     heartbeats: Subscriber,
+    updates: Subscriber,
 }
 
 /// What one replica of the queue group hears: each event is recorded once.
@@ -49,6 +54,7 @@ pub async fn subscribe(
     let view = ViewSubscriptions {
         registrations: nats.subscribe(subjects::nodes_register()).await?,
         heartbeats: nats.subscribe(subjects::heartbeat()).await?,
+        updates: nats.subscribe(subjects::nodes_updated()).await?,
     };
     let recorder = RecorderSubscriptions {
         registrations: nats
@@ -86,6 +92,7 @@ pub async fn run_view(
     let ViewSubscriptions {
         registrations: mut view_registrations,
         heartbeats: mut view_heartbeats,
+        updates: mut view_updates,
     } = subscriptions;
     let mut asked_to_announce: HashMap<NodeId, Instant> = HashMap::new();
     let mut sweep = tokio::time::interval(HEALTH_SWEEP_EVERY);
@@ -95,9 +102,17 @@ pub async fn run_view(
             message = view_registrations.next() => {
                 let Some(message) = message else { bail!("registration subscription ended") };
                 if let Some(registration) = decode_or_log::<NodeRegistration>(&message) {
-                    tracing::info!(node = %registration.node_id, hostname = %registration.hostname, "node registered");
                     asked_to_announce.remove(&registration.node_id);
-                    scheduler.fleet().register(registration, Instant::now());
+                    view_registration(&scheduler, registration).await;
+                }
+            }
+            message = view_updates.next() => {
+                let Some(message) = message else { bail!("node update subscription ended") };
+                let Some(update) = decode_or_log::<NodeUpdated>(&message) else { continue };
+                match scheduler.store.get_node(&update.node_id).await {
+                    Ok(Some(record)) => scheduler.fleet().apply_record(record, Instant::now()),
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(node = %update.node_id, %error, "could not read an updated node"),
                 }
             }
             message = view_heartbeats.next() => {
@@ -127,33 +142,109 @@ async fn ask_to_announce(
         return;
     }
     asked.insert(node_id.clone(), now);
+    ask_for_inventory(scheduler, &node_id).await;
+}
+
+/// Asks a node to announce itself again (with the containers it holds).
+async fn ask_for_inventory(scheduler: &Scheduler, node_id: &NodeId) {
     let request = DiscoverNodes {
         node_id: Some(node_id.clone()),
     };
     if let Err(error) = bus::publish(&scheduler.nats, subjects::nodes_discover(), &request).await {
-        tracing::warn!(node = %node_id, %error, "could not ask an unknown node to register");
+        tracing::warn!(node = %node_id, %error, "could not ask a returning node for its containers");
     }
 }
 
-async fn record_health_changes(scheduler: &Scheduler) {
+/// Whether `record` (what the database holds of a node) lets it join: in static mode only
+/// declared nodes do. The refusal says why and what to do.
+fn admission(
+    scheduler: &Scheduler,
+    node_id: &NodeId,
+    record: Option<&NodeRecord>,
+) -> Result<(), ErrorBody> {
+    let declared = record.is_some_and(|record| record.declared);
+    if scheduler.config.registration_mode == RegistrationMode::Static && !declared {
+        return Err(ErrorBody::new(
+            ErrorCode::Forbidden,
+            format!(
+                "node {node_id} is not declared and the control plane runs in static registration \
+                 mode: declare it with POST /api/v1/nodes (or the scheduler's nodes file) first"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The node view takes a registration if the node may join, with its declared capacity.
+async fn view_registration(scheduler: &Scheduler, registration: NodeRegistration) {
+    let node_id = registration.node_id.clone();
+    let record = match scheduler.store.get_node(&node_id).await {
+        Ok(record) => record,
+        Err(error) => {
+            tracing::warn!(node = %node_id, %error, "could not read the node's record; ignoring its registration");
+            return;
+        }
+    };
+    if admission(scheduler, &node_id, record.as_ref()).is_err() {
+        tracing::debug!(node = %node_id, "ignoring an undeclared node");
+        return;
+    }
+    tracing::info!(node = %node_id, hostname = %registration.hostname, "node registered");
+    scheduler
+        .fleet()
+        .register(registration, record.as_ref(), Instant::now());
+}
+
+/// Asks a suspect node's daemon whether it is there. "No responders" means no process holds
+/// its subscriptions (killed, crashed): it is offline now. A timeout or an answer proves
+/// nothing more than the missed heartbeats; the usual three-interval rule then decides.
+fn probe(scheduler: &Arc<Scheduler>, node_id: NodeId) {
+    let scheduler = Arc::clone(scheduler);
+    tokio::spawn(async move {
+        match bus::node_request(&scheduler.nats, &node_id, &PingNode {}, PROBE_TIMEOUT).await {
+            Err(BusError::NoResponders { .. }) => {
+                tracing::warn!(node = %node_id, "nobody answers for the suspect node: offline");
+                scheduler.fleet().unreachable(&node_id, Instant::now());
+            }
+            Err(error) => tracing::debug!(node = %node_id, %error, "probe of a suspect node"),
+            Ok(_) => tracing::debug!(node = %node_id, "the suspect node's daemon answers"),
+        }
+    });
+}
+
+async fn record_health_changes(scheduler: &Arc<Scheduler>) {
     let changes = scheduler.fleet().health_changes(Instant::now());
-    for (node_id, health) in changes {
+    for change in changes {
+        let (node_id, health) = (change.node_id, change.health);
+        if change.back_after_loss {
+            ask_for_inventory(scheduler, &node_id).await;
+        }
         match health {
             NodeHealth::Offline => tracing::warn!(node = %node_id, "node is offline"),
+            NodeHealth::Suspect => {
+                tracing::warn!(node = %node_id, "node missed two heartbeats");
+                probe(scheduler, node_id.clone());
+            }
             _ => tracing::info!(node = %node_id, ?health, "node health changed"),
         }
-        let status = health_label(health);
-        if let Err(error) = scheduler.store.set_node_status(&node_id, status).await {
+        if let Err(error) = scheduler
+            .store
+            .set_node_status(&node_id, health.as_str())
+            .await
+        {
             tracing::warn!(node = %node_id, %error, "could not record node health");
         }
     }
-}
-
-fn health_label(health: NodeHealth) -> &'static str {
-    match health {
-        NodeHealth::Online => "online",
-        NodeHealth::Draining => "draining",
-        NodeHealth::Offline => "offline",
+    let lost = scheduler
+        .fleet()
+        .lost_nodes(Instant::now(), scheduler.config.node_lost_grace);
+    for node_id in lost {
+        match scheduler.mark_sessions_lost(&node_id).await {
+            Ok(()) => scheduler.fleet().sessions_marked_lost(&node_id),
+            Err(error) => {
+                tracing::warn!(node = %node_id, %error, "could not mark the sessions of a lost node")
+            }
+        }
     }
 }
 
@@ -173,19 +264,21 @@ pub async fn run_recorder(
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             Some(message) = registrations.next() => {
-                if let Some(registration) = decode_or_log::<NodeRegistration>(&message)
-                    && let Err(error) = scheduler.store.upsert_node(&registration, store::now()).await
-                {
-                    tracing::warn!(node = %registration.node_id, %error, "could not record registration");
+                if let Some(registration) = decode_or_log::<NodeRegistration>(&message) {
+                    let reply = record_registration(&scheduler, registration).await;
+                    if let Err(error) = bus::respond(&scheduler.nats, &message, &reply).await {
+                        tracing::warn!(%error, "could not answer a registration");
+                    }
                 }
             }
             Some(message) = heartbeats.next() => {
                 if let Some(heartbeat) = decode_or_log::<Heartbeat>(&message) {
                     let status = match heartbeat.status {
-                        NodeSelfStatus::Draining => "draining",
-                        NodeSelfStatus::Stopping => "offline",
-                        NodeSelfStatus::Online | NodeSelfStatus::Unknown => "online",
-                    };
+                        NodeSelfStatus::Draining => NodeHealth::Draining,
+                        NodeSelfStatus::Stopping => NodeHealth::Offline,
+                        NodeSelfStatus::Online | NodeSelfStatus::Unknown => NodeHealth::Online,
+                    }
+                    .as_str();
                     if let Err(error) = scheduler.store.record_heartbeat(&heartbeat, status, store::now()).await {
                         tracing::warn!(node = %heartbeat.node_id, %error, "could not record heartbeat");
                     }
@@ -204,6 +297,55 @@ pub async fn run_recorder(
             else => bail!("a node event subscription ended"),
         }
     }
+}
+
+/// Records a registration if the node may join, reconciles the containers it reported, and
+/// answers whether it joined.
+async fn record_registration(
+    scheduler: &Scheduler,
+    registration: NodeRegistration,
+) -> Reply<RegistrationAccepted> {
+    let node_id = registration.node_id.clone();
+    let record = match scheduler.store.get_node(&node_id).await {
+        Ok(record) => record,
+        Err(error) => {
+            tracing::warn!(node = %node_id, %error, "could not read the node's record");
+            return Reply::Error(ErrorBody::new(
+                ErrorCode::Internal,
+                "the scheduler's database failed; registration will be retried",
+            ));
+        }
+    };
+    if let Err(refusal) = admission(scheduler, &node_id, record.as_ref()) {
+        tracing::warn!(node = %node_id, hostname = %registration.hostname, reason = %refusal.message, "refused a node registration");
+        return Reply::Error(refusal);
+    }
+    if let Err(error) = scheduler
+        .store
+        .upsert_node(&registration, store::now())
+        .await
+    {
+        tracing::warn!(node = %node_id, %error, "could not record registration");
+        return Reply::Error(ErrorBody::new(
+            ErrorCode::Internal,
+            "the scheduler's database failed; registration will be retried",
+        ));
+    }
+    let declared = record.filter(|record| record.declared);
+    let capacity = declared
+        .as_ref()
+        .map_or(&registration, |record| &record.registration);
+    let accepted = RegistrationAccepted {
+        node_id: node_id.clone(),
+        declared: declared.is_some(),
+        total_cpu_cores: capacity.total_cpu_cores,
+        total_memory_mb: capacity.total_memory_mb,
+        max_containers: capacity.max_containers,
+    };
+    if let Some(inventory) = registration.inventory {
+        crate::reconcile::reconcile(scheduler, &node_id, inventory).await;
+    }
+    Reply::Ok(accepted)
 }
 
 /// The seed's container-ready signal: the session runs, even if the create reply was lost. A
@@ -236,7 +378,7 @@ async fn container_ready(scheduler: &Scheduler, event: ContainerReady) {
 /// A sandbox stopped by itself (or was killed): its session fails with the reason, and the dead
 /// container is removed. Exits of containers the session does not use (on another node, or
 /// replaced) change nothing.
-async fn container_exited(scheduler: &Scheduler, event: ContainerExited) {
+pub(crate) async fn container_exited(scheduler: &Scheduler, event: ContainerExited) {
     let Some(session) = session_of(scheduler, &event.session_id).await else {
         return;
     };
@@ -257,24 +399,12 @@ async fn container_exited(scheduler: &Scheduler, event: ContainerExited) {
     );
     let transition = Transition::failed(ErrorCode::RuntimeError, reason);
     let from = [SessionStatus::Creating, SessionStatus::Running];
-    match scheduler
-        .store
-        .transition(&event.session_id, &from, &transition)
-        .await
-    {
-        Ok(Some((session, true))) => {
-            tracing::warn!(session_id = %session.id, reason = ?session.failure_reason, "session failed");
-            scheduler.announce(&session).await;
-            scheduler.remove_in_background(event.node_id, event.session_id);
-        }
-        Ok(_) => {}
-        Err(error) => {
-            tracing::warn!(session_id = %event.session_id, %error, "could not record container exit");
-        }
-    }
+    scheduler
+        .end_session(&event.session_id, &from, transition)
+        .await;
 }
 
-async fn session_of(
+pub(crate) async fn session_of(
     scheduler: &Scheduler,
     id: &messages::SessionId,
 ) -> Option<messages::session::Session> {

@@ -18,6 +18,8 @@ use crate::store::NodeRecord;
 
 /// A node is offline once this many heartbeat intervals pass without one (DESIGN invariant 5).
 pub const MISSED_HEARTBEATS_OFFLINE: u32 = 3;
+/// A node is suspect (no new sessions) once this many intervals pass without a heartbeat.
+pub const MISSED_HEARTBEATS_SUSPECT: u32 = 2;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Usage {
@@ -58,6 +60,14 @@ struct NodeState {
     reservations: HashMap<SessionId, Reservation>,
     /// The health last announced by [`Fleet::health_changes`].
     announced: NodeHealth,
+    /// An operator declared it; its registration carries the declared capacity.
+    declared: bool,
+    /// An operator drained it.
+    drained: bool,
+    /// Since when it is offline, as last announced; `None` while it is not.
+    offline_since: Option<Instant>,
+    /// Its sessions were marked lost during this offline spell.
+    sessions_lost: bool,
 }
 
 impl NodeState {
@@ -66,15 +76,58 @@ impl NodeState {
     }
 
     fn health(&self, now: Instant) -> NodeHealth {
-        let fresh = self.last_seen.is_some_and(|seen| {
-            now.saturating_duration_since(seen) < self.interval() * MISSED_HEARTBEATS_OFFLINE
-        });
+        let Some(seen) = self.last_seen else {
+            return NodeHealth::Offline;
+        };
+        let silent = now.saturating_duration_since(seen);
         match self.self_status {
-            _ if !fresh => NodeHealth::Offline,
+            _ if silent >= self.interval() * MISSED_HEARTBEATS_OFFLINE => NodeHealth::Offline,
             NodeSelfStatus::Stopping => NodeHealth::Offline,
+            _ if silent >= self.interval() * MISSED_HEARTBEATS_SUSPECT => NodeHealth::Suspect,
+            _ if self.drained => NodeHealth::Draining,
             NodeSelfStatus::Draining => NodeHealth::Draining,
             NodeSelfStatus::Online | NodeSelfStatus::Unknown => NodeHealth::Online,
         }
+    }
+
+    /// A node as the database remembers it (at start, or an operator's declaration of a node
+    /// not heard from yet).
+    fn from_record(record: NodeRecord, now: Instant) -> Self {
+        let wall_now = Utc::now();
+        let last_seen = record.last_heartbeat_at.and_then(|at| {
+            let age = (wall_now - at).to_std().unwrap_or_default();
+            now.checked_sub(age)
+        });
+        let mut state = NodeState {
+            registered_at: record.registration.started_at,
+            last_seen,
+            last_heartbeat_at: record.last_heartbeat_at,
+            last_sequence: 0,
+            reported: Usage {
+                containers: record.running_containers,
+                cpu_cores: record.allocated_cpu_cores,
+                memory_mb: record.allocated_memory_mb,
+            },
+            reported_as_of: (0, false),
+            self_status: match record.status.as_str() {
+                // It said it stopped: no placements until it is heard from again.
+                "offline" => NodeSelfStatus::Stopping,
+                _ => NodeSelfStatus::Online,
+            },
+            reservations: HashMap::new(),
+            announced: NodeHealth::Offline,
+            declared: record.declared,
+            drained: record.drained,
+            offline_since: None,
+            sessions_lost: false,
+            registration: record.registration,
+        };
+        state.announced = state.health(now);
+        // Offline already: the grace before its sessions are lost counts from now.
+        if state.announced == NodeHealth::Offline {
+            state.offline_since = Some(now);
+        }
+        state
     }
 
     /// What the node reported plus what this replica placed there since.
@@ -148,8 +201,46 @@ impl NodeState {
             heartbeat_interval_ms: registration.heartbeat_interval_ms,
             last_heartbeat_at: self.last_heartbeat_at,
             registered_at: self.registered_at,
+            declared: self.declared,
+            drained: self.drained,
         }
     }
+}
+
+/// Whether `cached` (a node's `repo:tag` list) holds `image`. A reference by digest cannot be
+/// checked against tags and counts as present; the node's own check is the final word.
+fn holds_image(cached: &[String], image: &str) -> bool {
+    if image.contains('@') {
+        return true;
+    }
+    let tagged = image
+        .rsplit('/')
+        .next()
+        .is_some_and(|last| last.contains(':'));
+    cached
+        .iter()
+        .any(|tag| tag == image || (!tagged && *tag == format!("{image}:latest")))
+}
+
+/// The refusal of a session whose image no healthy node has; it names the image.
+pub fn image_missing(image: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::InvalidRequest,
+        format!(
+            "image '{image}' is on no healthy node: images are never pulled, so build or load it \
+             on a node (ops/images/build.sh), or point the template at an image the nodes have"
+        ),
+    )
+}
+
+/// A node's health as it changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthChange {
+    pub node_id: NodeId,
+    pub health: NodeHealth,
+    /// It came back after its sessions were marked lost: the containers it still runs for them
+    /// must go, so it is asked for its inventory.
+    pub back_after_loss: bool,
 }
 
 /// What a heartbeat told the view.
@@ -171,51 +262,57 @@ impl Fleet {
     /// Seeds the view from the database at start, so a fresh replica can place at once; the
     /// nodes' next heartbeats (and the discover request sent at start) bring it up to date.
     pub fn load(&mut self, records: Vec<NodeRecord>, now: Instant) {
-        let wall_now = Utc::now();
         for record in records {
-            let last_seen = record.last_heartbeat_at.and_then(|at| {
-                let age = (wall_now - at).to_std().unwrap_or_default();
-                now.checked_sub(age)
-            });
-            let state = NodeState {
-                registered_at: record.registration.started_at,
-                last_seen,
-                last_heartbeat_at: record.last_heartbeat_at,
-                last_sequence: 0,
-                reported: Usage {
-                    containers: record.running_containers,
-                    cpu_cores: record.allocated_cpu_cores,
-                    memory_mb: record.allocated_memory_mb,
-                },
-                reported_as_of: (0, false),
-                self_status: match record.status.as_str() {
-                    "draining" => NodeSelfStatus::Draining,
-                    // It said it stopped: no placements until it is heard from again.
-                    "offline" => NodeSelfStatus::Stopping,
-                    _ => NodeSelfStatus::Online,
-                },
-                reservations: HashMap::new(),
-                announced: NodeHealth::Offline,
-                registration: record.registration,
-            };
-            let announced = state.health(now);
-            self.nodes.insert(
-                state.registration.node_id.clone(),
-                NodeState { announced, ..state },
-            );
+            let state = NodeState::from_record(record, now);
+            self.nodes.insert(state.registration.node_id.clone(), state);
+        }
+    }
+
+    /// An operator changed the node's record: take its declaration and drain flag (and, for a
+    /// node not heard from yet, the whole record, so it shows as declared and offline).
+    pub fn apply_record(&mut self, record: NodeRecord, now: Instant) {
+        match self.nodes.get_mut(&record.registration.node_id) {
+            Some(node) => {
+                node.drained = record.drained;
+                node.declared = record.declared;
+                if record.declared {
+                    declare_capacity(&mut node.registration, &record.registration);
+                }
+            }
+            None => {
+                let state = NodeState::from_record(record, now);
+                self.nodes.insert(state.registration.node_id.clone(), state);
+            }
         }
     }
 
     /// A node announced itself. The same daemon announcing again (asked to by a discover
     /// request) keeps its figures; a new or restarted daemon starts afresh, and the containers
     /// this replica saw it confirm are gone with the old process.
-    pub fn register(&mut self, registration: NodeRegistration, now: Instant) {
+    ///
+    /// `record` is what the database holds of the node: a declared node keeps its declared
+    /// capacity whatever it reports, and a drained one stays drained.
+    pub fn register(
+        &mut self,
+        mut registration: NodeRegistration,
+        record: Option<&NodeRecord>,
+        now: Instant,
+    ) {
         let node_id = registration.node_id.clone();
+        let declared = record.is_some_and(|record| record.declared);
+        let drained = record.is_some_and(|record| record.drained);
+        if let Some(record) = record.filter(|record| record.declared) {
+            declare_capacity(&mut registration, &record.registration);
+        }
+        // The inventory was for reconciliation; the view does not keep it.
+        registration.inventory = None;
         if let Some(node) = self.nodes.get_mut(&node_id)
             && node.registration.started_at == registration.started_at
         {
             node.registration = registration;
             node.last_seen = Some(now);
+            node.declared = declared;
+            node.drained = drained;
             return;
         }
         let mut reservations = self
@@ -236,6 +333,10 @@ impl Fleet {
                 self_status: NodeSelfStatus::Online,
                 reservations,
                 announced: NodeHealth::Offline,
+                declared,
+                drained,
+                offline_since: None,
+                sessions_lost: false,
                 registration,
             },
         );
@@ -294,29 +395,33 @@ impl Fleet {
         exclude: &[NodeId],
         now: Instant,
     ) -> Result<NodeId, ErrorBody> {
-        let healthy: Vec<&NodeState> = self
+        let online: Vec<&NodeState> = self
             .nodes
             .values()
             .filter(|node| node.health(now) == NodeHealth::Online)
-            .filter(|node| !exclude.contains(&node.registration.node_id))
             .collect();
-        if healthy.is_empty() {
+        if online.is_empty() {
             return Err(ErrorBody::new(ErrorCode::NoHealthyNodes, NO_HEALTHY_NODES));
         }
+        // Images are never pulled: a node without the image cannot take the session.
+        let healthy: Vec<&NodeState> = online
+            .into_iter()
+            .filter(|node| holds_image(&node.registration.cached_images, &spec.image))
+            .collect();
+        if healthy.is_empty() {
+            return Err(image_missing(&spec.image));
+        }
+        let healthy: Vec<&NodeState> = healthy
+            .into_iter()
+            .filter(|node| !exclude.contains(&node.registration.node_id))
+            .collect();
         let resources = &spec.resources;
         let best = healthy
             .iter()
             .filter(|node| node.has_room_for(resources))
             .min_by(|a, b| {
-                let key = |node: &NodeState| {
-                    let lacks_image = !node.registration.cached_images.contains(&spec.image);
-                    (lacks_image, node.load_with(resources))
-                };
-                let (a_key, b_key) = (key(a), key(b));
-                a_key
-                    .0
-                    .cmp(&b_key.0)
-                    .then(a_key.1.total_cmp(&b_key.1))
+                a.load_with(resources)
+                    .total_cmp(&b.load_with(resources))
                     .then_with(|| a.registration.node_id.cmp(&b.registration.node_id))
             })
             .map(|node| node.registration.node_id.clone());
@@ -392,17 +497,66 @@ impl Fleet {
     }
 
     /// Nodes whose health changed since the last call, with their new health.
-    pub fn health_changes(&mut self, now: Instant) -> Vec<(NodeId, NodeHealth)> {
+    pub fn health_changes(&mut self, now: Instant) -> Vec<HealthChange> {
         let mut changes = Vec::new();
         for (node_id, node) in &mut self.nodes {
             let health = node.health(now);
             if health != node.announced {
                 node.announced = health;
-                changes.push((node_id.clone(), health));
+                let mut back_after_loss = false;
+                if health == NodeHealth::Offline {
+                    node.offline_since = Some(now);
+                } else if node.offline_since.is_some() {
+                    node.offline_since = None;
+                    back_after_loss = std::mem::take(&mut node.sessions_lost);
+                }
+                changes.push(HealthChange {
+                    node_id: node_id.clone(),
+                    health,
+                    back_after_loss,
+                });
             }
         }
         changes
     }
+
+    /// A probe of a suspect node found nobody listening on its subjects: its daemon is gone,
+    /// so it is offline now rather than at the third missed heartbeat. A heartbeat brings it
+    /// back as usual.
+    pub fn unreachable(&mut self, node_id: &NodeId, now: Instant) {
+        if let Some(node) = self.nodes.get_mut(node_id)
+            && node.health(now) == NodeHealth::Suspect
+        {
+            node.self_status = NodeSelfStatus::Stopping;
+        }
+    }
+
+    /// Nodes offline for `grace` or longer whose sessions are not marked lost yet.
+    pub fn lost_nodes(&self, now: Instant, grace: Duration) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, node)| !node.sessions_lost)
+            .filter(|(_, node)| {
+                node.offline_since
+                    .is_some_and(|since| now.saturating_duration_since(since) >= grace)
+            })
+            .map(|(node_id, _)| node_id.clone())
+            .collect()
+    }
+
+    /// The sessions of a lost node were marked lost; not again until it comes back and goes.
+    pub fn sessions_marked_lost(&mut self, node_id: &NodeId) {
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            node.sessions_lost = true;
+        }
+    }
+}
+
+/// A declared node's capacity, which overrides what its daemon reports.
+fn declare_capacity(registration: &mut NodeRegistration, declared: &NodeRegistration) {
+    registration.total_cpu_cores = declared.total_cpu_cores;
+    registration.total_memory_mb = declared.total_memory_mb;
+    registration.max_containers = declared.max_containers;
 }
 
 #[cfg(test)]
@@ -426,6 +580,13 @@ mod tests {
             daemon_version: "test".into(),
             heartbeat_interval_ms: 1000,
             started_at: Utc::now(),
+            inventory: None,
+        }
+    }
+
+    impl Fleet {
+        fn register_plain(&mut self, registration: NodeRegistration, now: Instant) {
+            self.register(registration, None, now);
         }
     }
 
@@ -469,20 +630,25 @@ mod tests {
     }
 
     #[test]
-    fn a_node_goes_offline_after_three_missed_intervals_and_back_on_a_heartbeat() {
+    fn a_node_turns_suspect_then_offline_and_back_online_on_a_heartbeat() {
         let start = Instant::now();
         let mut fleet = Fleet::default();
-        fleet.register(registration("a", 10, &[]), start);
+        fleet.register_plain(registration("a", 10, &["img"]), start);
         let id = NodeId::parse("a").expect("valid");
-        assert_eq!(
-            fleet.info(&id, start).map(|node| node.status),
-            Some(NodeHealth::Online)
+        let status_at = |fleet: &Fleet, at: Instant| fleet.info(&id, at).map(|node| node.status);
+        assert_eq!(status_at(&fleet, start), Some(NodeHealth::Online));
+        let late = start + Duration::from_millis(1999);
+        assert_eq!(status_at(&fleet, late), Some(NodeHealth::Online));
+        let two_missed = start + Duration::from_millis(2000);
+        assert_eq!(status_at(&fleet, two_missed), Some(NodeHealth::Suspect));
+        assert!(
+            fleet
+                .reserve(&session(1), &spec(1.0), &[], two_missed)
+                .is_err(),
+            "a suspect node takes no sessions"
         );
         let late = start + Duration::from_millis(2999);
-        assert_eq!(
-            fleet.info(&id, late).map(|node| node.status),
-            Some(NodeHealth::Online)
-        );
+        assert_eq!(status_at(&fleet, late), Some(NodeHealth::Suspect));
         let later = start + Duration::from_millis(3000);
         assert_eq!(
             fleet.info(&id, later).map(|node| node.status),
@@ -490,6 +656,15 @@ mod tests {
         );
         assert!(fleet.reserve(&session(1), &spec(1.0), &[], later).is_err());
         fleet.heartbeat(&heartbeat("a", 1, 0, NodeSelfStatus::Online), later);
+        assert_eq!(status_at(&fleet, later), Some(NodeHealth::Online));
+        // A probe finding nobody there makes a suspect node offline at once; online nodes
+        // are left alone.
+        fleet.unreachable(&id, later);
+        assert_eq!(status_at(&fleet, later), Some(NodeHealth::Online));
+        let suspect = later + Duration::from_millis(2000);
+        fleet.unreachable(&id, suspect);
+        assert_eq!(status_at(&fleet, suspect), Some(NodeHealth::Offline));
+        fleet.heartbeat(&heartbeat("a", 2, 0, NodeSelfStatus::Online), suspect);
         assert_eq!(
             fleet.info(&id, later).map(|node| node.status),
             Some(NodeHealth::Online)
@@ -497,10 +672,86 @@ mod tests {
     }
 
     #[test]
+    fn an_operator_drain_stops_placements_and_lost_nodes_are_reported_once() {
+        let start = Instant::now();
+        let mut fleet = Fleet::default();
+        fleet.register_plain(registration("a", 10, &["img"]), start);
+        let id = NodeId::parse("a").expect("valid");
+        let mut record = NodeRecord {
+            registration: registration("a", 10, &["img"]),
+            status: "online".into(),
+            running_containers: 0,
+            allocated_cpu_cores: 0.0,
+            allocated_memory_mb: 0,
+            last_heartbeat_at: None,
+            declared: false,
+            drained: true,
+        };
+        fleet.apply_record(record.clone(), start);
+        assert_eq!(
+            fleet.info(&id, start).map(|node| node.status),
+            Some(NodeHealth::Draining)
+        );
+        assert!(fleet.reserve(&session(1), &spec(1.0), &[], start).is_err());
+        record.drained = false;
+        fleet.apply_record(record, start);
+        fleet
+            .reserve(&session(1), &spec(1.0), &[], start)
+            .expect("undrained");
+
+        fleet.health_changes(start);
+        let gone = start + Duration::from_secs(3);
+        fleet.health_changes(gone);
+        let grace = Duration::from_secs(5);
+        assert!(
+            fleet
+                .lost_nodes(gone + Duration::from_secs(4), grace)
+                .is_empty()
+        );
+        assert_eq!(fleet.lost_nodes(gone + grace, grace), vec![id.clone()]);
+        fleet.sessions_marked_lost(&id);
+        assert!(fleet.lost_nodes(gone + grace, grace).is_empty());
+    }
+
+    #[test]
+    fn a_missing_image_is_named_and_declared_capacity_wins() {
+        let now = Instant::now();
+        let mut fleet = Fleet::default();
+        fleet.register_plain(registration("a", 10, &["other:1"]), now);
+        let error = fleet
+            .reserve(&session(1), &spec(1.0), &[], now)
+            .expect_err("no node has img");
+        assert_eq!(error.code, ErrorCode::InvalidRequest);
+        assert!(error.message.contains("'img'"), "{}", error.message);
+
+        let declared = NodeRecord {
+            registration: NodeRegistration {
+                max_containers: 1,
+                ..registration("b", 1, &[])
+            },
+            status: "offline".into(),
+            running_containers: 0,
+            allocated_cpu_cores: 0.0,
+            allocated_memory_mb: 0,
+            last_heartbeat_at: None,
+            declared: true,
+            drained: false,
+        };
+        // The daemon says 50 containers; the operator declared 1.
+        fleet.register(registration("b", 50, &["img"]), Some(&declared), now);
+        let b = NodeId::parse("b").expect("valid");
+        assert_eq!(fleet.info(&b, now).map(|node| node.max_containers), Some(1));
+        fleet
+            .reserve(&session(2), &spec(1.0), &[], now)
+            .expect("one fits");
+        assert!(fleet.reserve(&session(3), &spec(1.0), &[], now).is_err());
+    }
+
+    #[test]
     fn stopping_and_draining_nodes_take_no_sessions() {
         let now = Instant::now();
         let mut fleet = Fleet::default();
-        fleet.register(registration("a", 10, &[]), now);
+        fleet.register_plain(registration("a", 10, &[]), now);
         fleet.heartbeat(&heartbeat("a", 1, 0, NodeSelfStatus::Draining), now);
         assert!(fleet.reserve(&session(1), &spec(1.0), &[], now).is_err());
         fleet.heartbeat(&heartbeat("a", 2, 0, NodeSelfStatus::Stopping), now);
@@ -515,9 +766,9 @@ mod tests {
     fn prefers_a_node_with_the_image_then_the_least_loaded() {
         let now = Instant::now();
         let mut fleet = Fleet::default();
-        fleet.register(registration("empty-no-image", 10, &[]), now);
-        fleet.register(registration("busy-with-image", 10, &["img"]), now);
-        fleet.register(registration("idle-with-image", 10, &["img"]), now);
+        fleet.register_plain(registration("empty-no-image", 10, &[]), now);
+        fleet.register_plain(registration("busy-with-image", 10, &["img"]), now);
+        fleet.register_plain(registration("idle-with-image", 10, &["img"]), now);
         fleet.heartbeat(
             &heartbeat("busy-with-image", 1, 5, NodeSelfStatus::Online),
             now,
@@ -532,7 +783,7 @@ mod tests {
     fn reservations_keep_a_replica_from_overfilling_a_node() {
         let now = Instant::now();
         let mut fleet = Fleet::default();
-        fleet.register(registration("a", 2, &["img"]), now);
+        fleet.register_plain(registration("a", 2, &["img"]), now);
         fleet
             .reserve(&session(1), &spec(1.0), &[], now)
             .expect("first");
@@ -555,7 +806,7 @@ mod tests {
     fn cpu_is_a_limit_too() {
         let now = Instant::now();
         let mut fleet = Fleet::default();
-        fleet.register(registration("a", 100, &["img"]), now);
+        fleet.register_plain(registration("a", 100, &["img"]), now);
         for n in 0..4 {
             fleet
                 .reserve(&session(n), &spec(1.0), &[], now)
@@ -569,7 +820,7 @@ mod tests {
         let now = Instant::now();
         let mut fleet = Fleet::default();
         let id = NodeId::parse("a").expect("valid");
-        fleet.register(registration("a", 1, &["img"]), now);
+        fleet.register_plain(registration("a", 1, &["img"]), now);
         fleet.heartbeat(&heartbeat("a", 1, 0, NodeSelfStatus::Online), now);
         fleet
             .reserve(&session(1), &spec(1.0), &[], now)
@@ -593,8 +844,8 @@ mod tests {
     fn excluded_nodes_are_skipped_and_unknown_heartbeats_reported() {
         let now = Instant::now();
         let mut fleet = Fleet::default();
-        fleet.register(registration("a", 10, &["img"]), now);
-        fleet.register(registration("b", 10, &[]), now);
+        fleet.register_plain(registration("a", 10, &["img"]), now);
+        fleet.register_plain(registration("b", 10, &["img"]), now);
         let a = NodeId::parse("a").expect("valid");
         let chosen = fleet
             .reserve(&session(1), &spec(1.0), &[a], now)
@@ -612,21 +863,21 @@ mod tests {
         let mut fleet = Fleet::default();
         let id = NodeId::parse("a").expect("valid");
         let first = registration("a", 1, &["img"]);
-        fleet.register(first.clone(), now);
+        fleet.register(first.clone(), None, now);
         fleet.heartbeat(&heartbeat("a", 5, 0, NodeSelfStatus::Online), now);
         fleet
             .reserve(&session(1), &spec(1.0), &[], now)
             .expect("placed");
         fleet.confirm(&id, &session(1), None);
         // Asked to announce itself again: the same daemon, the room stays held.
-        fleet.register(first.clone(), now);
+        fleet.register(first.clone(), None, now);
         assert!(fleet.reserve(&session(2), &spec(1.0), &[], now).is_err());
         // A new process (its start time differs): what it had is gone.
         let restarted = NodeRegistration {
             started_at: first.started_at + chrono::Duration::seconds(1),
             ..first
         };
-        fleet.register(restarted, now);
+        fleet.register(restarted, None, now);
         fleet
             .reserve(&session(2), &spec(1.0), &[], now)
             .expect("room after restart");
@@ -646,7 +897,7 @@ mod tests {
         let now = Instant::now();
         let mut fleet = Fleet::default();
         let id = NodeId::parse("a").expect("valid");
-        fleet.register(registration("a", 1, &["img"]), now);
+        fleet.register_plain(registration("a", 1, &["img"]), now);
         fleet.heartbeat(&heartbeat("a", 3, 0, NodeSelfStatus::Online), now);
         // Create, then delete, then create again, all within one heartbeat interval.
         fleet
@@ -679,12 +930,12 @@ mod tests {
     fn health_changes_are_reported_once() {
         let start = Instant::now();
         let mut fleet = Fleet::default();
-        fleet.register(registration("a", 10, &[]), start);
+        fleet.register_plain(registration("a", 10, &[]), start);
         assert_eq!(fleet.health_changes(start).len(), 1);
         assert!(fleet.health_changes(start).is_empty());
         let later = start + Duration::from_secs(10);
         let changes = fleet.health_changes(later);
         assert_eq!(changes.len(), 1);
-        assert_eq!(changes[0].1, NodeHealth::Offline);
+        assert_eq!(changes[0].health, NodeHealth::Offline);
     }
 }

@@ -2,12 +2,16 @@
 //! from their announcements, places sessions, and owns the database. Any number of replicas
 //! share the work.
 
+mod admin;
 mod api;
 pub mod config;
 mod events;
 mod executions;
 pub mod fleet;
+mod lifetimes;
+mod nodes_file;
 mod placement;
+mod reconcile;
 mod scheduler;
 mod sessions;
 pub mod store;
@@ -49,6 +53,11 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         .await
         .context("opening the database")?;
     tracing::info!(backend = store.backend(), "database ready");
+    if let Some(path) = &config.nodes_file {
+        let declared = nodes_file::declare_from(&store, path).await?;
+        tracing::info!(path = %path.display(), declared, "declared the nodes of the nodes file");
+    }
+    tracing::info!(mode = ?config.registration_mode, "node registration mode");
 
     // 2. The node view, seeded from what the database remembers.
     let mut fleet = Fleet::default();
@@ -73,6 +82,10 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     tasks.spawn(
         "node-events",
         events::run_recorder(scheduler.clone(), recorder_subscriptions, cancel.clone()),
+    );
+    tasks.spawn(
+        "lifetimes",
+        lifetimes::run(scheduler.clone(), cancel.clone()),
     );
 
     // 4. Ask the nodes to announce themselves, so the view is complete within moments.

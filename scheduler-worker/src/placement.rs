@@ -10,6 +10,7 @@ use service_kit::bus::{self, BusError};
 
 use crate::scheduler::Scheduler;
 use crate::store::{self, Transition};
+use crate::{events, fleet};
 
 /// States a placement may move a session out of.
 const UNSETTLED: [SessionStatus; 2] = [SessionStatus::Pending, SessionStatus::Creating];
@@ -63,7 +64,12 @@ impl Scheduler {
             .unwrap_or_default();
         env.extend(request.env.clone());
         let session = match &template {
-            Some(template) => Session::pending(request.session_id.clone(), template, now),
+            Some(template) => Session::pending(
+                request.session_id.clone(),
+                template,
+                request.timeout_seconds,
+                now,
+            ),
             // The gateway checked the template; it was deleted since. Record why.
             None => Session {
                 id: request.session_id.clone(),
@@ -84,6 +90,8 @@ impl Scheduler {
                 updated_at: now,
                 started_at: None,
                 ended_at: Some(now),
+                timeout_seconds: 0,
+                expires_at: None,
             },
         };
         self.store.insert_session_if_absent(&session, &env).await?;
@@ -113,7 +121,16 @@ impl Scheduler {
             let node = match chosen {
                 Ok(node) => node,
                 // Every healthy node refused already: their reason beats "none healthy".
-                Err(error) => return self.fail(session_id, last_refusal.unwrap_or(error)).await,
+                Err(error) => {
+                    if error == fleet::image_missing(&spec.image) {
+                        // The image may have been loaded since the nodes last announced their
+                        // images: ask them again, so the next request sees it.
+                        if let Err(error) = events::discover_all(&self.nats).await {
+                            tracing::warn!(%error, "could not ask the nodes for their images");
+                        }
+                    }
+                    return self.fail(session_id, last_refusal.unwrap_or(error)).await;
+                }
             };
             let creating = Transition::creating_on(node.clone());
             match self

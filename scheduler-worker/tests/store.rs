@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use messages::api::ListSessions;
+use messages::control::{NodeDeclaration, TemplateDefinition};
 use messages::execution::{Execution, ExecutionResult, ExecutionStatus, Language};
 use messages::node::{Heartbeat, NodeRegistration, NodeSelfStatus};
 use messages::session::{NetworkMode, Resources, Session, SessionStatus};
@@ -30,6 +31,8 @@ fn session(id: &str, template_id: &str, created_at: chrono::DateTime<chrono::Utc
         updated_at: created_at,
         started_at: None,
         ended_at: None,
+        timeout_seconds: 300,
+        expires_at: Some(messages::session::expiry(created_at, 300)),
     }
 }
 
@@ -210,6 +213,7 @@ async fn behaves_as_designed(store: &Store) {
         daemon_version: "0.1.0".into(),
         heartbeat_interval_ms: 5000,
         started_at: base,
+        inventory: None,
     };
     store
         .upsert_node(&registration, base)
@@ -250,6 +254,167 @@ async fn behaves_as_designed(store: &Store) {
         .expect("updates");
     let nodes = store.list_nodes().await.expect("lists");
     assert_eq!(nodes[0].status, "offline");
+    assert!(
+        !nodes[0].declared,
+        "a node that registered itself is not declared"
+    );
+
+    operations_behave(store, &registration).await;
+}
+
+/// Declarations, drain, templates and session lifetimes.
+async fn operations_behave(store: &Store, registration: &NodeRegistration) {
+    let base = store::now();
+    // A declaration's capacity survives the daemon's next registration.
+    let declaration = NodeDeclaration {
+        node_id: node_id(),
+        hostname: "declared-host".into(),
+        runtime_type: "docker".into(),
+        ip_address: "10.0.0.1".into(),
+        api_endpoint: "unix:///var/run/docker.sock".into(),
+        total_cpu_cores: 2.0,
+        total_memory_mb: 2048,
+        max_containers: 3,
+        labels: BTreeMap::new(),
+    };
+    store
+        .declare_node(&declaration, base)
+        .await
+        .expect("declares");
+    store
+        .upsert_node(registration, base)
+        .await
+        .expect("upserts");
+    let node = store
+        .get_node(&node_id())
+        .await
+        .expect("reads")
+        .expect("found");
+    assert!(node.declared);
+    assert_eq!(
+        (
+            node.registration.total_cpu_cores,
+            node.registration.total_memory_mb,
+            node.registration.max_containers
+        ),
+        (2.0, 2048, 3)
+    );
+    assert!(
+        store
+            .set_node_drained(&node_id(), true)
+            .await
+            .expect("drains")
+    );
+    assert!(
+        store
+            .get_node(&node_id())
+            .await
+            .expect("reads")
+            .expect("found")
+            .drained
+    );
+    let nobody = NodeId::parse("nobody").expect("valid");
+    assert!(!store.set_node_drained(&nobody, true).await.expect("no-op"));
+    assert!(store.get_node(&nobody).await.expect("reads").is_none());
+
+    // Templates: create once, update, delete.
+    let mut definition = TemplateDefinition {
+        id: "t-ops".into(),
+        name: "ops".into(),
+        description: String::new(),
+        image_url: "busybox:latest".into(),
+        resources: Resources {
+            cpu_cores: 0.25,
+            memory_mb: 64,
+            pids_limit: 16,
+        },
+        network: NetworkMode::SandboxNetwork,
+        env: BTreeMap::new(),
+        timeout_seconds: 30,
+    };
+    assert!(
+        store
+            .create_template(&definition, base)
+            .await
+            .expect("creates")
+    );
+    assert!(
+        !store
+            .create_template(&definition, base)
+            .await
+            .expect("exists")
+    );
+    definition.timeout_seconds = 45;
+    let updated = store
+        .update_template(&definition, base)
+        .await
+        .expect("updates")
+        .expect("found");
+    assert_eq!(
+        (updated.timeout_seconds, updated.network),
+        (45, NetworkMode::SandboxNetwork)
+    );
+    definition.id = "t-missing".into();
+    assert!(
+        store
+            .update_template(&definition, base)
+            .await
+            .expect("no-op")
+            .is_none()
+    );
+    let deleted = store.delete_template("t-ops").await.expect("deletes");
+    assert_eq!(deleted.map(|t| t.id), Some("t-ops".to_owned()));
+    assert!(
+        store
+            .delete_template("t-ops")
+            .await
+            .expect("no-op")
+            .is_none()
+    );
+
+    // Lifetimes: expiry, keep-alive, stuck starts, sessions by node.
+    let old = base - chrono::Duration::seconds(600);
+    let mut expiring = session("life-1", "t", old);
+    expiring.status = SessionStatus::Running;
+    expiring.runtime_node = Some(node_id());
+    expiring.started_at = Some(old);
+    store
+        .insert_session_if_absent(&expiring, &BTreeMap::new())
+        .await
+        .expect("inserts");
+    let expired = store.expired_sessions(base).await.expect("queries");
+    assert!(expired.iter().any(|s| s.id.as_str() == "life-1"));
+    let (kept, changed) = store
+        .set_session_timeout(&expiring.id, 120, base)
+        .await
+        .expect("sets")
+        .expect("found");
+    assert!(changed);
+    assert_eq!(kept.timeout_seconds, 120);
+    assert!(kept.expires_at > Some(base));
+    let expired = store.expired_sessions(base).await.expect("queries");
+    assert!(!expired.iter().any(|s| s.id.as_str() == "life-1"));
+    let on_node = store.live_sessions_on(&node_id()).await.expect("queries");
+    assert!(on_node.iter().any(|s| s.id.as_str() == "life-1"));
+    let stuck = store
+        .sessions_not_started_since(base)
+        .await
+        .expect("queries");
+    assert!(!stuck.iter().any(|s| s.id.as_str() == "life-1"), "it runs");
+    let lost = Transition::ended(SessionStatus::Lost, ErrorCode::NodeLost, "node_lost");
+    let (ended, _) = store
+        .transition(&expiring.id, &[SessionStatus::Running], &lost)
+        .await
+        .expect("transitions")
+        .expect("found");
+    assert_eq!(ended.status, SessionStatus::Lost);
+    assert!(ended.ended_at.is_some());
+    let (_, changed) = store
+        .set_session_timeout(&expiring.id, 120, base)
+        .await
+        .expect("no-op")
+        .expect("found");
+    assert!(!changed, "an ended session is not kept alive");
 }
 
 #[tokio::test]
@@ -296,6 +461,7 @@ async fn store_on_postgres() {
         .find(|n| n.registration.node_id.as_str() == "seed-node")
         .expect("listed");
     assert_eq!(seeded.registration.max_containers, 100);
+    assert!(seeded.declared, "the seed's INSERT declares the node");
     assert_eq!(seeded.registration.cached_images, ["sandbox-executor:v1.0"]);
 
     assert_seed_query_shows_the_newest_session!(&pool);

@@ -4,8 +4,10 @@
 
 #![allow(dead_code)] // Each test binary uses part of the harness.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use clap::Parser as _;
 use sandbox_ops::testkit::{self, NatsServer};
@@ -28,8 +30,108 @@ pub fn require_executor_image() {
 
 type ServiceHandle = JoinHandle<anyhow::Result<()>>;
 
+/// How a [`System`] is started.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// Extra scheduler flags (say, `--registration-mode static`).
+    pub scheduler_flags: Vec<String>,
+    /// Starts the gateway's internal listener with this bearer token.
+    pub internal_token: Option<String>,
+}
+
+/// The `node-daemon` binary, built once per test process (a real process to kill -9).
+pub fn node_daemon_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the workspace holds the crate");
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "node-daemon",
+                "--bin",
+                "node-daemon",
+            ])
+            .current_dir(workspace)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building node-daemon failed");
+        // Test binaries live in <target>/<profile>/deps; the daemon one level up.
+        let test_binary = std::env::current_exe().expect("the test binary's path");
+        let profile_dir = test_binary
+            .parent()
+            .and_then(Path::parent)
+            .expect("<target>/<profile>");
+        let binary = profile_dir.join("node-daemon");
+        assert!(binary.exists(), "{} is missing", binary.display());
+        binary
+    })
+}
+
+/// A node daemon running as a child process, with its log in the system's temp dir.
+pub struct NodeProcess {
+    pub node_id: String,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("daemon log file");
+        let child = Command::new(node_daemon_binary())
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().expect("daemon log file"))
+            .stderr(log)
+            .spawn()
+            .expect("node-daemon starts");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: the daemon gets no chance to say it is stopping.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`) with kill(1).
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the daemon runs");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 pub struct System {
     pub nats: NatsServer,
+    /// The gateway's internal listener, when started with a token.
+    pub internal: Option<String>,
+    processes: Vec<NodeProcess>,
     pub network: String,
     pub node_ids: Vec<String>,
     pub database: PathBuf,
@@ -44,45 +146,62 @@ pub struct System {
 impl System {
     /// NATS, one scheduler and the gateway; no node yet.
     pub async fn without_nodes() -> Self {
+        Self::start(Options::default()).await
+    }
+
+    /// NATS, one scheduler and the gateway as `options` say; no node yet.
+    pub async fn start(options: Options) -> Self {
         let nats = NatsServer::start().expect("nats-server starts");
         let dir = tempfile::tempdir().expect("temp dir");
         let database = dir.path().join("sandbox.db");
         let cancel = CancellationToken::new();
         let mut services = Vec::new();
 
-        let scheduler = scheduler_worker::Config::try_parse_from([
-            "scheduler-worker",
-            "--nats-url",
-            &nats.url(),
-            "--database-url",
-            &format!("sqlite://{}", database.display()),
-            "--node-timeout",
-            "20s",
-        ])
-        .expect("scheduler config");
+        let mut scheduler_args = vec![
+            "scheduler-worker".to_owned(),
+            "--nats-url".to_owned(),
+            nats.url(),
+            "--database-url".to_owned(),
+            format!("sqlite://{}", database.display()),
+            "--node-timeout".to_owned(),
+            "20s".to_owned(),
+        ];
+        scheduler_args.extend(options.scheduler_flags.iter().cloned());
+        let scheduler =
+            scheduler_worker::Config::try_parse_from(scheduler_args).expect("scheduler config");
         let running = scheduler_worker::start(scheduler, cancel.clone())
             .await
             .expect("scheduler starts");
         services.push(tokio::spawn(running.wait()));
 
-        let gateway = api_gateway::Config::try_parse_from([
-            "api-gateway",
-            "--listen",
-            "127.0.0.1:0",
-            "--nats-url",
-            &nats.url(),
-            "--create-wait",
-            "30s",
-        ])
-        .expect("gateway config");
+        let mut gateway_args = vec![
+            "api-gateway".to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--nats-url".to_owned(),
+            nats.url(),
+            "--create-wait".to_owned(),
+            "30s".to_owned(),
+            "--internal-listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ];
+        if let Some(token) = &options.internal_token {
+            gateway_args.extend(["--internal-token".to_owned(), token.clone()]);
+        }
+        let gateway = api_gateway::Config::try_parse_from(gateway_args).expect("gateway config");
         let running = api_gateway::start(gateway, cancel.clone())
             .await
             .expect("gateway starts");
         let gateway = format!("http://{}", running.local_addr());
+        let internal = running
+            .internal_addr()
+            .map(|address| format!("http://{address}"));
         services.push(tokio::spawn(running.wait()));
 
         Self {
             nats,
+            internal,
+            processes: Vec::new(),
             network: testkit::unique_name("sbx-net"),
             node_ids: Vec::new(),
             database,
@@ -109,6 +228,13 @@ impl System {
 
     /// Starts another node daemon with extra flags (say, `--max-containers 1`).
     pub async fn start_node_with(&mut self, extra_flags: &[&str]) -> String {
+        let node_id = self.start_node_unchecked(extra_flags).await;
+        self.wait_until_online(&node_id).await;
+        node_id
+    }
+
+    /// Starts a node daemon in this process without waiting for a scheduler to take it.
+    pub async fn start_node_unchecked(&mut self, extra_flags: &[&str]) -> String {
         let node_id = testkit::unique_name("node");
         let nats_url = self.nats.url();
         let mut args = vec![
@@ -130,19 +256,115 @@ impl System {
             .expect("node daemon starts");
         self.nodes.push((cancel, tokio::spawn(running.wait())));
         self.node_ids.push(node_id.clone());
+        node_id
+    }
+
+    /// Starts a node daemon as a child process (the real binary) with `heartbeat` as its
+    /// interval, and waits until it is online.
+    pub async fn start_node_process(&mut self, heartbeat: &str) -> String {
+        let node_id = testkit::unique_name("proc");
+        let args = vec![
+            "--nats-url".to_owned(),
+            self.nats.url(),
+            "--node-id".to_owned(),
+            node_id.clone(),
+            "--network".to_owned(),
+            self.network.clone(),
+            "--heartbeat-interval".to_owned(),
+            heartbeat.to_owned(),
+        ];
+        let mut process = NodeProcess {
+            log: self._dir.path().join(format!("{node_id}.log")),
+            node_id: node_id.clone(),
+            args,
+            child: None,
+        };
+        process.spawn();
+        self.processes.push(process);
+        self.node_ids.push(node_id.clone());
         self.wait_until_online(&node_id).await;
         node_id
     }
 
-    async fn wait_until_online(&self, node_id: &str) {
-        for _ in 0..100 {
+    fn process(&mut self, node_id: &str) -> &mut NodeProcess {
+        self.processes
+            .iter_mut()
+            .find(|process| process.node_id == node_id)
+            .expect("a node process of this system")
+    }
+
+    /// `kill -9` of a node daemon process.
+    pub fn kill_node_process(&mut self, node_id: &str) {
+        self.process(node_id).kill();
+    }
+
+    /// Freezes (`STOP`) or thaws (`CONT`) a node daemon process: a hung daemon, whose
+    /// connections stay open.
+    pub fn signal_node_process(&mut self, node_id: &str, signal: &str) {
+        self.process(node_id).signal(signal);
+    }
+
+    /// Starts a killed node daemon process again, with the same flags.
+    pub fn restart_node_process(&mut self, node_id: &str) {
+        let process = self.process(node_id);
+        process.kill();
+        process.spawn();
+    }
+
+    pub fn node_process_log(&mut self, node_id: &str) -> String {
+        self.process(node_id).log()
+    }
+
+    pub async fn wait_until_online(&self, node_id: &str) {
+        self.wait_for_node(node_id, "online", Duration::from_secs(15))
+            .await;
+    }
+
+    /// Polls the node until the API shows it with `status`; returns how long that took and
+    /// every status seen on the way.
+    pub async fn wait_for_node(
+        &self,
+        node_id: &str,
+        wanted: &str,
+        limit: Duration,
+    ) -> (Duration, Vec<String>) {
+        let started = Instant::now();
+        let mut seen: Vec<String> = Vec::new();
+        while started.elapsed() < limit {
             let (status, body) = self.get(&format!("/api/v1/nodes/{node_id}")).await;
-            if status == 200 && body["status"] == "online" {
-                return;
+            if status == 200
+                && let Some(now) = body["status"].as_str()
+            {
+                if seen.last().map(String::as_str) != Some(now) {
+                    seen.push(now.to_owned());
+                }
+                if now == wanted {
+                    return (started.elapsed(), seen);
+                }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("node {node_id} did not come online");
+        panic!("node {node_id} was not {wanted} within {limit:?}; saw {seen:?}");
+    }
+
+    /// Polls the session until it has `wanted` status; returns it and how long that took.
+    pub async fn wait_for_session(
+        &self,
+        id: &str,
+        wanted: &str,
+        limit: Duration,
+    ) -> (serde_json::Value, Duration) {
+        let started = Instant::now();
+        let mut last = serde_json::Value::Null;
+        while started.elapsed() < limit {
+            let (status, session) = self.get(&format!("/api/v1/sessions/{id}")).await;
+            if status == 200 && session["status"] == wanted {
+                return (session, started.elapsed());
+            }
+            last = session;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("session {id} was not {wanted} within {limit:?}; last seen {last}");
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -184,6 +406,35 @@ impl System {
         read(response).await
     }
 
+    pub async fn put_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let response = self
+            .http
+            .put(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("PUT answered");
+        read(response).await
+    }
+
+    /// A POST to the internal listener, with `token` as the bearer token if given.
+    pub async fn post_internal(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let base = self
+            .internal
+            .as_deref()
+            .expect("started with an internal token");
+        let mut request = self.http.post(format!("{base}{path}")).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        read(request.send().await.expect("POST answered")).await
+    }
+
     pub async fn post_raw(&self, path: &str, body: &'static str) -> (u16, serde_json::Value) {
         let response = self
             .http
@@ -215,6 +466,9 @@ async fn read(response: reqwest::Response) -> (u16, serde_json::Value) {
 impl Drop for System {
     fn drop(&mut self) {
         self.cancel.cancel();
+        for process in &mut self.processes {
+            process.kill();
+        }
         let node_ids = self.node_ids.clone();
         let network = self.network.clone();
         // Drop cannot await; clean up on a runtime of its own.

@@ -110,9 +110,13 @@ macro_rules! session_columns {
     () => {
         "id, template_id, status, runtime_node, container_id, image, cpu_cores, memory_mb, \
          pids_limit, network, env, failure_code, failure_reason, created_at, updated_at, \
-         started_at, ended_at"
+         started_at, ended_at, timeout_seconds, expires_at"
     };
 }
+
+mod operations;
+
+pub use operations::LIVE;
 
 /// The filter of [`Store::list_sessions`], spelled once for the page and the count.
 macro_rules! session_filter {
@@ -177,9 +181,10 @@ impl Store {
         Ok(())
     }
 
-    pub async fn insert_template_if_absent(&self, template: &Template) -> Result<(), StoreError> {
+    /// Adds a template unless one with its id exists; whether it was added.
+    pub async fn insert_template_if_absent(&self, template: &Template) -> Result<bool, StoreError> {
         let env = rows::to_json(&template.env);
-        on_pool!(self, pool => {
+        let added = on_pool!(self, pool => {
             sqlx::query(
                 "INSERT INTO templates (id, name, description, image_url, cpu_cores, memory_mb, \
                  pids_limit, network, env, timeout_seconds, created_at, updated_at) \
@@ -199,9 +204,10 @@ impl Store {
             .bind(template.created_at)
             .bind(template.updated_at)
             .execute(pool)
-            .await?;
+            .await?
+            .rows_affected()
         });
-        Ok(())
+        Ok(added == 1)
     }
 
     pub async fn get_template(&self, id: &str) -> Result<Option<Template>, StoreError> {
@@ -223,7 +229,8 @@ impl Store {
         rows.into_iter().map(Template::try_from).collect()
     }
 
-    /// Records a node's registration, keeping its heartbeat fields.
+    /// Records a node's registration, keeping its heartbeat fields. A declared node keeps its
+    /// declared capacity; a node new to the table is recorded as not declared.
     pub async fn upsert_node(
         &self,
         registration: &NodeRegistration,
@@ -234,14 +241,19 @@ impl Store {
                 "INSERT INTO runtime_nodes (node_id, hostname, runtime_type, ip_address, \
                  api_endpoint, status, total_cpu_cores, total_memory_mb, max_containers, \
                  cached_images, labels, daemon_version, heartbeat_interval_ms, last_heartbeat_at, \
-                 registered_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'online', $6, $7, $8, $9, $10, $11, $12, $13, $13) \
+                 registered_at, declared) \
+                 VALUES ($1, $2, $3, $4, $5, 'online', $6, $7, $8, $9, $10, $11, $12, $13, $13, \
+                 FALSE) \
                  ON CONFLICT (node_id) DO UPDATE SET hostname = excluded.hostname, \
                  runtime_type = excluded.runtime_type, ip_address = excluded.ip_address, \
                  api_endpoint = excluded.api_endpoint, status = 'online', \
-                 total_cpu_cores = excluded.total_cpu_cores, \
-                 total_memory_mb = excluded.total_memory_mb, \
-                 max_containers = excluded.max_containers, cached_images = excluded.cached_images, \
+                 total_cpu_cores = CASE WHEN runtime_nodes.declared \
+                   THEN runtime_nodes.total_cpu_cores ELSE excluded.total_cpu_cores END, \
+                 total_memory_mb = CASE WHEN runtime_nodes.declared \
+                   THEN runtime_nodes.total_memory_mb ELSE excluded.total_memory_mb END, \
+                 max_containers = CASE WHEN runtime_nodes.declared \
+                   THEN runtime_nodes.max_containers ELSE excluded.max_containers END, \
+                 cached_images = excluded.cached_images, \
                  labels = excluded.labels, daemon_version = excluded.daemon_version, \
                  heartbeat_interval_ms = excluded.heartbeat_interval_ms, \
                  last_heartbeat_at = excluded.last_heartbeat_at, \
@@ -276,7 +288,8 @@ impl Store {
         on_pool!(self, pool => {
             sqlx::query(
                 "UPDATE runtime_nodes SET last_heartbeat_at = $2, running_containers = $3, \
-                 allocated_cpu_cores = $4, allocated_memory_mb = $5, status = $6 \
+                 allocated_cpu_cores = $4, allocated_memory_mb = $5, \
+                 status = CASE WHEN drained AND $6 = 'online' THEN 'draining' ELSE $6 END \
                  WHERE node_id = $1",
             )
             .bind(heartbeat.node_id.as_str())
@@ -321,8 +334,9 @@ impl Store {
             sqlx::query(
                 "INSERT INTO sessions (id, template_id, status, runtime_node, container_id, image, \
                  cpu_cores, memory_mb, pids_limit, network, env, failure_code, failure_reason, \
-                 created_at, updated_at, started_at, ended_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+                 created_at, updated_at, started_at, ended_at, timeout_seconds, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+                 $18, $19) \
                  ON CONFLICT (id) DO NOTHING",
             )
             .bind(session.id.as_str())
@@ -342,6 +356,8 @@ impl Store {
             .bind(session.updated_at)
             .bind(session.started_at)
             .bind(session.ended_at)
+            .bind(rows::to_i64(session.timeout_seconds))
+            .bind(session.expires_at)
             .execute(pool)
             .await?
             .rows_affected()
@@ -434,7 +450,7 @@ impl Store {
              failure_reason = COALESCE($6, failure_reason), \
              updated_at = $7, \
              started_at = CASE WHEN $2 = 'running' THEN $7 ELSE started_at END, \
-             ended_at = CASE WHEN $2 IN ('failed', 'terminated') THEN COALESCE(ended_at, $7) \
+             ended_at = CASE WHEN $2 IN ('failed', 'terminated', 'lost') THEN COALESCE(ended_at, $7) \
                         ELSE ended_at END \
              WHERE id = $1 AND status IN ({in_list})"
         );
@@ -495,10 +511,15 @@ impl Transition {
     }
 
     pub fn failed(code: ErrorCode, reason: impl Into<String>) -> Self {
+        Self::ended(SessionStatus::Failed, code, reason)
+    }
+
+    /// Ends the session in `status` (failed, terminated or lost) with the reason.
+    pub fn ended(status: SessionStatus, code: ErrorCode, reason: impl Into<String>) -> Self {
         Self {
             failure_code: Some(code),
             failure_reason: Some(reason.into()),
-            ..Self::to(SessionStatus::Failed)
+            ..Self::to(status)
         }
     }
 }

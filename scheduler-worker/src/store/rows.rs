@@ -114,6 +114,8 @@ pub(super) struct SessionRow {
     updated_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     ended_at: Option<DateTime<Utc>>,
+    timeout_seconds: i64,
+    expires_at: Option<DateTime<Utc>>,
 }
 
 impl SessionRow {
@@ -147,6 +149,8 @@ impl SessionRow {
             updated_at: self.updated_at,
             started_at: self.started_at,
             ended_at: self.ended_at,
+            timeout_seconds: check.unsigned("timeout_seconds", self.timeout_seconds)?,
+            expires_at: self.expires_at,
         };
         let env = check.json("env", &self.env)?;
         Ok((session, env))
@@ -173,6 +177,8 @@ pub(super) struct NodeRow {
     heartbeat_interval_ms: i64,
     last_heartbeat_at: Option<DateTime<Utc>>,
     registered_at: DateTime<Utc>,
+    declared: bool,
+    drained: bool,
 }
 
 /// A node as the database remembers it: its registration and the last figures it reported.
@@ -184,6 +190,11 @@ pub struct NodeRecord {
     pub allocated_cpu_cores: f64,
     pub allocated_memory_mb: u64,
     pub last_heartbeat_at: Option<DateTime<Utc>>,
+    /// An operator declared it: only such nodes join in static mode, and its capacity is the
+    /// declared one.
+    pub declared: bool,
+    /// An operator drained it.
+    pub drained: bool,
 }
 
 impl TryFrom<NodeRow> for NodeRecord {
@@ -209,12 +220,15 @@ impl TryFrom<NodeRow> for NodeRecord {
                 heartbeat_interval_ms: check
                     .unsigned("heartbeat_interval_ms", row.heartbeat_interval_ms)?,
                 started_at: row.registered_at,
+                inventory: None,
             },
             status: row.status,
             running_containers: check.unsigned("running_containers", row.running_containers)?,
             allocated_cpu_cores: row.allocated_cpu_cores,
             allocated_memory_mb: check.unsigned("allocated_memory_mb", row.allocated_memory_mb)?,
             last_heartbeat_at: row.last_heartbeat_at,
+            declared: row.declared,
+            drained: row.drained,
         })
     }
 }
