@@ -242,6 +242,7 @@ async fn heartbeat(
         allocated_cpu_cores: body.allocated_cpu_cores,
         allocated_memory_mb: body.allocated_memory_mb,
         status: NodeSelfStatus::Online,
+        warm_containers: 0,
     };
     publish(&state, subjects::heartbeat(), &heartbeat).await?;
     Ok(accepted())

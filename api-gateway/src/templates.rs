@@ -85,6 +85,9 @@ pub(crate) struct TemplateBody {
     env: BTreeMap<String, String>,
     #[serde(default)]
     network: NetworkMode,
+    /// Containers each node keeps warm for this template (0: none).
+    #[serde(default)]
+    warm_pool_size: u32,
 }
 
 impl TemplateBody {
@@ -102,6 +105,7 @@ impl TemplateBody {
             network: self.network,
             env: self.env,
             timeout_seconds: self.timeout,
+            warm_pool_size: self.warm_pool_size,
         }
     }
 }

@@ -290,6 +290,7 @@ fn template() -> Template {
         network: NetworkMode::SandboxNetwork,
         env: Default::default(),
         timeout_seconds: 3600,
+        warm_pool_size: 0,
         created_at: now,
         updated_at: now,
     }

@@ -97,7 +97,12 @@ pub struct TemplateDefinition {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub timeout_seconds: u64,
+    #[serde(default)]
+    pub warm_pool_size: u32,
 }
+
+/// The largest warm pool a template may ask of each node.
+pub const MAX_WARM_POOL_SIZE: u32 = 32;
 
 /// Create a template; an existing id is a conflict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

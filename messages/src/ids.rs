@@ -95,11 +95,20 @@ token_id!(
     "execution id"
 );
 
+const CONTAINER_NAME_PREFIX: &str = "sandbox-";
+
 impl SessionId {
     /// The name of the one container a session may have; Docker's name uniqueness is what makes
     /// container creation idempotent.
     pub fn container_name(&self) -> String {
-        format!("sandbox-{}", self.0)
+        format!("{CONTAINER_NAME_PREFIX}{}", self.0)
+    }
+
+    /// The session a container named by [`SessionId::container_name`] belongs to (Docker shows
+    /// names with a leading `/`).
+    pub fn from_container_name(name: &str) -> Option<Self> {
+        let name = name.strip_prefix('/').unwrap_or(name);
+        Self::parse(name.strip_prefix(CONTAINER_NAME_PREFIX)?).ok()
     }
 }
 
@@ -135,5 +144,8 @@ mod tests {
     fn container_name_is_derived_from_the_session() {
         let id = SessionId::parse("abc").expect("valid");
         assert_eq!(id.container_name(), "sandbox-abc");
+        assert_eq!(SessionId::from_container_name("/sandbox-abc"), Some(id));
+        assert_eq!(SessionId::from_container_name("other-abc"), None);
+        assert_eq!(SessionId::from_container_name("sandbox-a.b"), None);
     }
 }

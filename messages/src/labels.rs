@@ -4,5 +4,8 @@
 pub const SESSION_ID: &str = "io.sandbox.session-id";
 pub const NODE_ID: &str = "io.sandbox.node-id";
 pub const MANAGED_BY: &str = "io.sandbox.managed-by";
+/// On a warm-pool container: the template it was made for. Docker labels cannot change, so a
+/// claimed container keeps it; its name says which session it serves.
+pub const WARM_POOL: &str = "io.sandbox.warm-pool";
 /// The value of [`MANAGED_BY`].
 pub const MANAGER: &str = "sandbox-node-daemon";

@@ -20,6 +20,7 @@ pub mod ids;
 pub mod labels;
 pub mod node;
 pub mod session;
+pub mod simulation;
 pub mod subjects;
 
 pub use api::{ErrorBody, ErrorCode, Reply};

@@ -97,6 +97,9 @@ pub struct Heartbeat {
     pub allocated_cpu_cores: f64,
     pub allocated_memory_mb: u64,
     pub status: NodeSelfStatus,
+    /// Of `running_containers`, how many wait in warm pools, unclaimed.
+    #[serde(default)]
+    pub warm_containers: u32,
 }
 
 /// A node's allocations right after it handled a command, so the scheduler that asked can count

@@ -92,8 +92,25 @@ pub struct Template {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub timeout_seconds: u64,
+    /// Containers of this template each node keeps created and running, ready to be claimed by
+    /// a session instead of starting one.
+    #[serde(default)]
+    pub warm_pool_size: u32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl Template {
+    /// The container a session of this template gets when its request adds no environment; the
+    /// node's warm pools hold containers of exactly this spec.
+    pub fn container_spec(&self) -> ContainerSpec {
+        ContainerSpec {
+            image: self.image_url.clone(),
+            resources: self.resources,
+            network: self.network,
+            env: self.env.clone(),
+        }
+    }
 }
 
 /// Where a session is in its life.

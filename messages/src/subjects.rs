@@ -84,6 +84,32 @@ pub fn node_command(node_id: &NodeId, verb: NodeVerb) -> String {
     format!("runtime.cmd.{node_id}.{}", verb.as_str())
 }
 
+/// `runtime.cmd.*.<verb>`: the verb addressed to any node, for the simulated fleet, which serves
+/// thousands of node ids with one subscription per verb.
+pub fn node_command_any(verb: NodeVerb) -> String {
+    format!("runtime.cmd.*.{}", verb.as_str())
+}
+
+/// The node id a `runtime.cmd.<node_id>.<verb>` subject is addressed to, if it is one.
+pub fn node_of_command(subject: &str) -> Option<&str> {
+    let rest = subject.strip_prefix("runtime.cmd.")?;
+    let (node, verb) = rest.split_once('.')?;
+    NodeVerb::ALL
+        .iter()
+        .any(|known| known.as_str() == verb)
+        .then_some(node)
+}
+
+/// The benchmark tells a simulated fleet to make some of its nodes go silent.
+pub fn simulation_silence() -> &'static str {
+    "sandbox.simulation.silence"
+}
+
+/// The benchmark asks a simulated fleet for its counters (admissions, refusals, peak use).
+pub fn simulation_stats() -> &'static str {
+    "sandbox.simulation.stats"
+}
+
 /// The JetStream stream that holds session-create requests until a scheduler has recorded them.
 pub fn sessions_stream() -> &'static str {
     "SESSIONS"
@@ -239,6 +265,23 @@ mod tests {
             node_command(&node, NodeVerb::ContainersRemove),
             "runtime.cmd.docker-local.containers.remove"
         );
+    }
+
+    #[test]
+    fn any_node_wildcards_match_the_per_node_subjects() {
+        let node = NodeId::parse("sim-00042").expect("valid");
+        for verb in NodeVerb::ALL {
+            let wildcard = node_command_any(verb);
+            let exact = node_command(&node, verb);
+            assert_eq!(wildcard.replace('*', node.as_str()), exact);
+            assert_eq!(node_of_command(&exact), Some("sim-00042"));
+        }
+        assert_eq!(
+            node_command_any(NodeVerb::ContainersCreate),
+            "runtime.cmd.*.containers.create"
+        );
+        assert_eq!(node_of_command("runtime.cmd.a.no.such.verb"), None);
+        assert_eq!(node_of_command("runtime.heartbeat"), None);
     }
 
     #[test]

@@ -95,6 +95,7 @@ fn template() -> Template {
         network: NetworkMode::None,
         env: BTreeMap::from([("LANG".into(), "C.UTF-8".into())]),
         timeout_seconds: 300,
+        warm_pool_size: 2,
         created_at: at(),
         updated_at: at(),
     }
@@ -281,6 +282,7 @@ fn every_payload_round_trips() {
         network: NetworkMode::SandboxNetwork,
         env: BTreeMap::new(),
         timeout_seconds: 60,
+        warm_pool_size: 1,
     };
     round_trips(CreateTemplate {
         definition: definition.clone(),
@@ -301,6 +303,7 @@ fn every_payload_round_trips() {
         allocated_cpu_cores: 1.5,
         allocated_memory_mb: 768,
         status: NodeSelfStatus::Online,
+        warm_containers: 1,
     });
     round_trips(DiscoverNodes {
         node_id: Some(node()),
@@ -505,6 +508,7 @@ fn unknown_enum_values_from_a_newer_writer_decode_as_unknown() {
         allocated_cpu_cores: 0.0,
         allocated_memory_mb: 0,
         status: NodeSelfStatus::Online,
+        warm_containers: 0,
     })
     .expect("to json");
     json["status"] = "hibernating".into();

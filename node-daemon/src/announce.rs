@@ -11,14 +11,14 @@ use messages::node::{
     ContainerInventory, DiscoverNodes, Heartbeat, NodePong, NodeRegistration, NodeSelfStatus,
     PingNode, RegistrationAccepted, ReportedContainer,
 };
-use messages::subjects;
-use messages::{ErrorBody, ErrorCode, Reply};
+use messages::{ErrorBody, ErrorCode, NodeId, Reply, subjects};
 use service_kit::bus::{self, BusError};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
 use crate::docker::{ContainerFacts, HostResources};
+use crate::ledger::Ledger;
 use crate::node::Node;
 
 /// What goes in `runtime_type` for a node backed by a real Docker engine.
@@ -35,15 +35,35 @@ pub(crate) fn registration(
     offered: HostResources,
     cached_images: Vec<String>,
 ) -> NodeRegistration {
+    registration_as(
+        config,
+        config.node_id.clone(),
+        RUNTIME_TYPE,
+        format!("unix://{}", config.docker_socket),
+        offered,
+        cached_images,
+    )
+}
+
+/// The registration of `node_id` with this configuration's labels, interval and address: the
+/// daemon's own, or one simulated node's.
+pub(crate) fn registration_as(
+    config: &Config,
+    node_id: NodeId,
+    runtime_type: &str,
+    api_endpoint: String,
+    offered: HostResources,
+    cached_images: Vec<String>,
+) -> NodeRegistration {
     let ip_address = config
         .advertise_ip
         .unwrap_or_else(config::default_advertise_ip);
     NodeRegistration {
-        node_id: config.node_id.clone(),
+        node_id,
         hostname: config::host_name(),
-        runtime_type: RUNTIME_TYPE.to_owned(),
+        runtime_type: runtime_type.to_owned(),
         ip_address: ip_address.to_string(),
-        api_endpoint: format!("unix://{}", config.docker_socket),
+        api_endpoint,
         total_cpu_cores: offered.cpu_cores,
         total_memory_mb: offered.memory_mb,
         max_containers: config.max_containers,
@@ -94,14 +114,17 @@ pub(crate) async fn publish_registration(
         inventory,
         ..node.registration.clone()
     };
+    request_registration(&node.nats, &registration).await
+}
+
+/// Sends `registration` as a request and logs the answer; only a failure to send is an error.
+pub(crate) async fn request_registration(
+    nats: &async_nats::Client,
+    registration: &NodeRegistration,
+) -> Result<(), BusError> {
     let subject = subjects::nodes_register().to_owned();
-    let answer: Result<RegistrationAccepted, BusError> = bus::request(
-        &node.nats,
-        subject,
-        &registration,
-        REGISTRATION_ANSWER_TIMEOUT,
-    )
-    .await;
+    let answer: Result<RegistrationAccepted, BusError> =
+        bus::request(nats, subject, registration, REGISTRATION_ANSWER_TIMEOUT).await;
     match answer {
         Ok(accepted) => tracing::info!(
             declared = accepted.declared,
@@ -189,19 +212,28 @@ pub(crate) async fn serve_ping(
         let Some(message) = message else {
             anyhow::bail!("the ping subscription ended");
         };
-        let reply = match messages::decode::<PingNode>(&message.payload) {
-            Ok(PingNode {}) => Reply::Ok(NodePong {
-                node_id: node.id.clone(),
-                started_at: node.registration.started_at,
-            }),
-            Err(error) => Reply::Error(ErrorBody::new(
-                ErrorCode::InvalidRequest,
-                format!("malformed ping: {error}"),
-            )),
-        };
+        let reply = pong(&message.payload, &node.id, node.registration.started_at);
         if let Err(error) = bus::respond(&node.nats, &message, &reply).await {
             tracing::warn!(%error, "answering a ping failed");
         }
+    }
+}
+
+/// The answer to a ping of `node_id`, whose daemon started at `started_at`.
+pub(crate) fn pong(
+    payload: &[u8],
+    node_id: &NodeId,
+    started_at: chrono::DateTime<Utc>,
+) -> Reply<NodePong> {
+    match messages::decode::<PingNode>(payload) {
+        Ok(PingNode {}) => Reply::Ok(NodePong {
+            node_id: node_id.clone(),
+            started_at,
+        }),
+        Err(error) => Reply::Error(ErrorBody::new(
+            ErrorCode::InvalidRequest,
+            format!("malformed ping: {error}"),
+        )),
     }
 }
 
@@ -229,20 +261,31 @@ pub(crate) async fn heartbeat(node: Arc<Node>, cancel: CancellationToken) -> any
 
 #[tracing::instrument(name = "node.heartbeat", skip(node), fields(sequence))]
 async fn send_heartbeat(node: &Node, status: NodeSelfStatus) {
+    let heartbeat = heartbeat_message(&node.id, &mut node.ledger(), status);
+    let sequence = heartbeat.sequence;
+    tracing::Span::current().record("sequence", sequence);
+    if let Err(error) = bus::publish(&node.nats, subjects::heartbeat(), &heartbeat).await {
+        tracing::warn!(%error, sequence, "sending a heartbeat failed");
+    }
+}
+
+/// The next heartbeat of `node_id`, numbered and filled from its ledger.
+pub(crate) fn heartbeat_message(
+    node_id: &NodeId,
+    ledger: &mut Ledger,
+    status: NodeSelfStatus,
+) -> Heartbeat {
     // Stamped before the figures are read, so they are at least as new as the timestamp says.
     let timestamp = Utc::now();
-    let (sequence, usage) = node.ledger().next_heartbeat();
-    tracing::Span::current().record("sequence", sequence);
-    let heartbeat = Heartbeat {
-        node_id: node.id.clone(),
+    let (sequence, usage) = ledger.next_heartbeat();
+    Heartbeat {
+        node_id: node_id.clone(),
         timestamp,
         sequence,
         running_containers: usage.containers,
         allocated_cpu_cores: usage.cpu_cores(),
         allocated_memory_mb: usage.memory_mb,
         status,
-    };
-    if let Err(error) = bus::publish(&node.nats, subjects::heartbeat(), &heartbeat).await {
-        tracing::warn!(%error, sequence, "sending a heartbeat failed");
+        warm_containers: usage.warm,
     }
 }

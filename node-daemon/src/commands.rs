@@ -24,6 +24,7 @@ use tracing::Instrument as _;
 use crate::docker::{ContainerFacts, DockerError, SandboxContainer};
 use crate::ledger::{Admission, Demand};
 use crate::node::Node;
+use crate::pool;
 
 /// The largest memory limit a request may name: its byte count must fit Docker's i64.
 const MAX_MEMORY_MB: u64 = (i64::MAX as u64) >> 20;
@@ -171,22 +172,38 @@ async fn create_container(
             ),
         ));
     }
-    let demand = Demand::of(&command.spec.resources);
-    let reservation = Reservation::admit(node, session_id, demand)?;
+    if let Some(container_id) = pool::claim(node, session_id, &command.spec).await {
+        tracing::info!(container_id, "claimed a warm container");
+        return Ok(announce_ready(node, command, container_id).await);
+    }
     let sandbox = SandboxContainer {
         session_id,
         node_id: &node.id,
         spec: &command.spec,
         sandbox_network: &node.sandbox_network,
+        warm_pool: None,
     };
-    let container_id = match node.docker.create_sandbox(&sandbox).await {
+    let Some(container_id) = make_container(node, &sandbox).await? else {
+        // A concurrent create for this session took the name first: answer with its container.
+        let existing = inspect_after_conflict(node, &name).await?;
+        return run_existing(node, session_id, existing).await;
+    };
+    tracing::info!(container_id, "container running");
+    Ok(announce_ready(node, command, container_id).await)
+}
+
+/// Admits, creates and starts the container `sandbox` describes; once it runs, the ledger holds
+/// it for its session (or, for a warm-pool container, as warm). `Ok(None)`: another create took
+/// the container's name first.
+pub(crate) async fn make_container(
+    node: &Node,
+    sandbox: &SandboxContainer<'_>,
+) -> Result<Option<String>, ErrorBody> {
+    let demand = Demand::of(&sandbox.spec.resources);
+    let reservation = Reservation::admit(node, sandbox.session_id, demand)?;
+    let container_id = match node.docker.create_sandbox(sandbox).await {
         Ok(container_id) => container_id,
-        Err(error) if error.is_conflict() => {
-            // A concurrent create for this session took the name first: answer with its container.
-            drop(reservation);
-            let existing = inspect_after_conflict(node, &name).await?;
-            return run_existing(node, session_id, existing).await;
-        }
+        Err(error) if error.is_conflict() => return Ok(None),
         Err(error) => return Err(error.into()),
     };
     if let Err(error) = start_and_confirm(node, &container_id).await {
@@ -196,11 +213,19 @@ async fn create_container(
         }
         return Err(error);
     }
-    reservation.settle(&container_id, demand);
-    tracing::info!(container_id, "container running");
+    reservation.settle(&container_id, demand, sandbox.warm_pool.is_some());
+    Ok(Some(container_id))
+}
+
+/// Tells the control plane the session's container runs, and answers the create.
+async fn announce_ready(
+    node: &Node,
+    command: CreateContainer,
+    container_id: String,
+) -> ContainerCreated {
     let ready = ContainerReady {
         container_id: container_id.clone(),
-        session_id: session_id.clone(),
+        session_id: command.session_id.clone(),
         node_id: node.id.clone(),
         executor_url: None,
         ready_at: Utc::now(),
@@ -208,14 +233,14 @@ async fn create_container(
     if let Err(error) = bus::publish(&node.nats, subjects::containers_ready(), &ready).await {
         tracing::warn!(%error, "announcing the ready container failed");
     }
-    Ok(ContainerCreated {
+    ContainerCreated {
         session_id: command.session_id,
         node_id: node.id.clone(),
         container_id,
         existed: false,
         executor_url: None,
         usage: Some(node.ledger().snapshot()),
-    })
+    }
 }
 
 /// Docker reserves a name before the container holding it can be inspected, so after a name
@@ -251,7 +276,7 @@ async fn run_existing(
     } else {
         let reservation = Reservation::admit(node, session_id, existing.demand)?;
         start_and_confirm(node, &existing.id).await?;
-        reservation.settle(&existing.id, existing.demand);
+        reservation.settle(&existing.id, existing.demand, false);
     }
     Ok(ContainerCreated {
         session_id: session_id.clone(),
@@ -394,11 +419,14 @@ impl<'a> Reservation<'a> {
         })
     }
 
-    /// The container runs: the reservation becomes its allocation.
-    fn settle(mut self, container_id: &str, demand: Demand) {
-        self.node
-            .ledger()
-            .mark_running(self.session_id, container_id, demand);
+    /// The container runs: the reservation becomes its allocation (warm, for a pool's).
+    fn settle(mut self, container_id: &str, demand: Demand, warm: bool) {
+        let mut ledger = self.node.ledger();
+        if warm {
+            ledger.mark_warm(self.session_id, container_id, demand);
+        } else {
+            ledger.mark_running(self.session_id, container_id, demand);
+        }
         self.owned = false;
     }
 }

@@ -79,7 +79,32 @@ pub struct Config {
     /// max_payload must hold twice this plus 128 KiB.
     #[arg(long, env = "NODE_DAEMON_OUTPUT_LIMIT_BYTES", default_value_t = DEFAULT_OUTPUT_LIMIT)]
     pub output_limit: u64,
+
+    /// For scale benchmarks only: run this many simulated nodes instead of one backed by Docker
+    /// (containers are in-memory records). The capacity flags apply to each node.
+    #[arg(long, env = "NODE_DAEMON_SIMULATE_NODES")]
+    pub simulate_nodes: Option<u32>,
+
+    /// How long a simulated container takes to start.
+    #[arg(long, env = "NODE_DAEMON_SIMULATED_START_DELAY", default_value = "20ms", value_parser = parse_duration)]
+    pub simulated_start_delay: Duration,
+
+    /// Simulated nodes are named `<prefix>-00000`, `<prefix>-00001`, ...
+    #[arg(long, env = "NODE_DAEMON_NODE_ID_PREFIX", default_value = "sim")]
+    pub node_id_prefix: String,
+
+    /// The images every simulated node reports, comma-separated.
+    #[arg(
+        long,
+        env = "NODE_DAEMON_SIMULATED_IMAGES",
+        default_value = "sandbox-executor:v1.0",
+        value_delimiter = ','
+    )]
+    pub simulated_images: Vec<String>,
 }
+
+/// The most simulated nodes one process runs.
+pub const MAX_SIMULATED_NODES: u32 = 100_000;
 
 /// A configuration value out of range.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -105,6 +130,15 @@ pub enum ConfigError {
     EmptyLabelKey,
     #[error("output_limit must be more than zero")]
     ZeroOutputLimit,
+    #[error("simulate_nodes must be between 1 and {MAX_SIMULATED_NODES}, not {0}")]
+    SimulatedNodes(u32),
+    #[error(
+        "node_id_prefix {0:?} must be 1 to 40 letters, digits, '_' or '-' (the node ids are \
+         <prefix>-<number>)"
+    )]
+    NodeIdPrefix(String),
+    #[error("simulated_images must name at least one image")]
+    NoSimulatedImages,
 }
 
 impl Config {
@@ -138,6 +172,27 @@ impl Config {
         }
         if self.output_limit == 0 {
             return Err(ConfigError::ZeroOutputLimit);
+        }
+        if let Some(nodes) = self.simulate_nodes {
+            if !(1..=MAX_SIMULATED_NODES).contains(&nodes) {
+                return Err(ConfigError::SimulatedNodes(nodes));
+            }
+            let prefix = &self.node_id_prefix;
+            if prefix.is_empty()
+                || prefix.len() > 40
+                || !prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+            {
+                return Err(ConfigError::NodeIdPrefix(prefix.clone()));
+            }
+            if self
+                .simulated_images
+                .iter()
+                .all(|image| image.trim().is_empty())
+            {
+                return Err(ConfigError::NoSimulatedImages);
+            }
         }
         Ok(())
     }
@@ -295,6 +350,15 @@ mod tests {
             parse(&["--docker-socket", "docker.sock"]),
             Err(ConfigError::DockerSocket("docker.sock".to_owned()))
         );
+        assert_eq!(
+            parse(&["--simulate-nodes", "0"]),
+            Err(ConfigError::SimulatedNodes(0))
+        );
+        assert_eq!(
+            parse(&["--simulate-nodes", "10", "--node-id-prefix", "a.b"]),
+            Err(ConfigError::NodeIdPrefix("a.b".to_owned()))
+        );
+        assert_eq!(parse(&["--simulate-nodes", "10000"]), Ok(()));
         assert!(Config::try_parse_from(["node-daemon", "--node-id", "a.b"]).is_err());
         assert!(Config::try_parse_from(["node-daemon", "--heartbeat-interval", "0s"]).is_err());
     }

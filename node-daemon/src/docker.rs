@@ -13,6 +13,7 @@ use bollard::models::{
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder,
     ListContainersOptionsBuilder, ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
+    RenameContainerOptionsBuilder,
 };
 use futures::{Stream, StreamExt as _};
 use messages::session::{ContainerSpec, NetworkMode};
@@ -81,8 +82,13 @@ pub struct ContainerFacts {
     pub image: String,
     /// Its image's command is the executor agent, speaking the protocol this daemon knows.
     pub has_executor_agent: bool,
-    /// From the container's session label; `None` for a container not made by a node daemon.
+    /// The session it serves, from its name (a claimed warm container is renamed to its
+    /// session's name; labels cannot change), else from its session label. `None` for a
+    /// container not made by a node daemon.
     pub session_id: Option<SessionId>,
+    /// For a warm-pool container: the template it was made for, and the pool id it was made
+    /// under. It is unclaimed while `session_id` is still that pool id.
+    pub warm_pool: Option<(String, SessionId)>,
     /// From the container's node label.
     pub node_id: Option<String>,
     pub running: bool,
@@ -114,9 +120,15 @@ impl ContainerFacts {
             has_executor_agent: labels
                 .get(EXECUTOR_PROTOCOL_LABEL)
                 .is_some_and(|version| version == EXECUTOR_PROTOCOL_VERSION),
-            session_id: labels
-                .get(labels::SESSION_ID)
-                .and_then(|id| SessionId::parse(id.as_str()).ok()),
+            session_id: inspect
+                .name
+                .as_deref()
+                .and_then(SessionId::from_container_name)
+                .or_else(|| label_session(&labels)),
+            warm_pool: labels
+                .get(labels::WARM_POOL)
+                .cloned()
+                .zip(label_session(&labels)),
             node_id: labels.get(labels::NODE_ID).cloned(),
             running: state.running.unwrap_or(false),
             oom_killed: state.oom_killed.unwrap_or(false),
@@ -129,6 +141,21 @@ impl ContainerFacts {
     }
 }
 
+fn label_session(labels: &HashMap<String, String>) -> Option<SessionId> {
+    labels
+        .get(labels::SESSION_ID)
+        .and_then(|id| SessionId::parse(id.as_str()).ok())
+}
+
+impl ContainerFacts {
+    /// A warm-pool container no session has claimed.
+    pub fn is_unclaimed_warm(&self) -> bool {
+        self.warm_pool
+            .as_ref()
+            .is_some_and(|(_, pool_id)| self.session_id.as_ref() == Some(pool_id))
+    }
+}
+
 /// A sandbox container to make: one per session, locked down.
 #[derive(Debug, Clone, Copy)]
 pub struct SandboxContainer<'a> {
@@ -137,6 +164,8 @@ pub struct SandboxContainer<'a> {
     pub spec: &'a ContainerSpec,
     /// The bridge network used for [`NetworkMode::SandboxNetwork`].
     pub sandbox_network: &'a str,
+    /// Made for this template's warm pool (then `session_id` is the pool id).
+    pub warm_pool: Option<&'a str>,
 }
 
 impl SandboxContainer<'_> {
@@ -165,14 +194,17 @@ impl SandboxContainer<'_> {
                     .map(|(key, value)| format!("{key}={value}"))
                     .collect(),
             ),
-            labels: Some(HashMap::from([
-                (
-                    labels::SESSION_ID.to_owned(),
-                    self.session_id.as_str().to_owned(),
-                ),
-                (labels::NODE_ID.to_owned(), self.node_id.as_str().to_owned()),
-                (labels::MANAGED_BY.to_owned(), labels::MANAGER.to_owned()),
-            ])),
+            labels: Some(
+                [
+                    (labels::SESSION_ID, self.session_id.as_str()),
+                    (labels::NODE_ID, self.node_id.as_str()),
+                    (labels::MANAGED_BY, labels::MANAGER),
+                ]
+                .into_iter()
+                .chain(self.warm_pool.map(|template| (labels::WARM_POOL, template)))
+                .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                .collect(),
+            ),
             host_config: Some(HostConfig {
                 // `as` saturates; the request was checked to be a small positive number.
                 nano_cpus: Some((resources.cpu_cores * 1e9).round() as i64),
@@ -366,6 +398,19 @@ impl DockerEngine {
         Ok(found(removed)?.is_some())
     }
 
+    /// Gives a container a new name (a claimed warm container takes its session's name).
+    pub async fn rename(&self, container: &str, name: &str) -> Result<(), DockerError> {
+        self.docker
+            .rename_container(
+                container,
+                RenameContainerOptionsBuilder::default().name(name).build(),
+            )
+            .await
+            .map_err(DockerError::during(format!(
+                "renaming container {container} to {name}"
+            )))
+    }
+
     /// Attaches to a running container's stdin, stdout and stderr, from now on (no old output).
     pub async fn attach(&self, container: &str) -> Result<AttachContainerResults, DockerError> {
         // Docker's detach keys (ctrl-p ctrl-q) never appear in what is written: JSON escapes
@@ -451,6 +496,7 @@ mod tests {
             node_id: &node_id,
             spec: &spec,
             sandbox_network: "net-x",
+            warm_pool: None,
         }
         .body();
         assert_eq!(body.hostname.as_deref(), Some("sandbox-s1"));

@@ -106,8 +106,15 @@ async fn handle(node: &Node, event: &EventMessage, oom_killed: &mut HashSet<Stri
     };
     let attributes = actor.attributes.as_ref();
     let attribute = |name: &str| attributes.and_then(|attributes| attributes.get(name));
-    let session_id =
+    let label_session =
         attribute(labels::SESSION_ID).and_then(|id| SessionId::parse(id.as_str()).ok());
+    // A claimed warm container carries its pool id as label and its session in its name.
+    let session_id = attribute("name")
+        .and_then(|name| SessionId::from_container_name(name))
+        .or_else(|| label_session.clone());
+    let unclaimed_warm = attribute(labels::WARM_POOL).is_some()
+        && session_id.is_some()
+        && session_id == label_session;
     match event.action.as_deref() {
         Some("oom") => {
             oom_killed.insert(container_id.to_owned());
@@ -123,6 +130,11 @@ async fn handle(node: &Node, event: &EventMessage, oom_killed: &mut HashSet<Stri
                 return;
             };
             node.ledger().mark_exited(&session_id, container_id);
+            if unclaimed_warm {
+                // No session to tell; the pool replaces it.
+                tracing::info!(container_id, exit_code, "a warm-pool container exited");
+                return;
+            }
             let oom = saw_oom || was_oom_killed(node, container_id).await;
             let exited = ContainerExited {
                 container_id: container_id.to_owned(),

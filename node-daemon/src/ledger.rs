@@ -56,6 +56,8 @@ pub struct Usage {
     pub containers: u32,
     pub cpu_millicores: u64,
     pub memory_mb: u64,
+    /// Of `containers`, those waiting unclaimed in warm pools.
+    pub warm: u32,
 }
 
 impl Usage {
@@ -117,6 +119,8 @@ struct Allocation {
     container_id: Option<String>,
     demand: Demand,
     state: State,
+    /// A warm-pool container no session has claimed yet.
+    warm: bool,
 }
 
 impl Allocation {
@@ -183,6 +187,7 @@ impl Ledger {
                 container_id,
                 demand,
                 state: State::Reserved,
+                warm: false,
             },
         );
         Ok(Admission::Reserved)
@@ -207,14 +212,43 @@ impl Ledger {
     /// Records that the session's container runs, whether this node just started it or found it
     /// running (at start-up, or on a repeated create).
     pub fn mark_running(&mut self, session_id: &SessionId, container_id: &str, demand: Demand) {
+        self.insert_running(session_id, container_id, demand, false);
+    }
+
+    /// Records a running warm-pool container, held under its pool id until a session claims it.
+    pub fn mark_warm(&mut self, pool_id: &SessionId, container_id: &str, demand: Demand) {
+        self.insert_running(pool_id, container_id, demand, true);
+    }
+
+    fn insert_running(&mut self, key: &SessionId, container_id: &str, demand: Demand, warm: bool) {
         self.allocations.insert(
-            session_id.clone(),
+            key.clone(),
             Allocation {
                 container_id: Some(container_id.to_owned()),
                 demand,
                 state: State::Running,
+                warm,
             },
         );
+    }
+
+    /// Hands a running warm container to `session_id`: its resources move with it, so a claim
+    /// needs no admission. `false` (and no change) when the container is not warm and running,
+    /// or the session already holds something.
+    pub fn claim_warm(&mut self, pool_id: &SessionId, session_id: &SessionId) -> bool {
+        let claimable = self
+            .allocations
+            .get(pool_id)
+            .is_some_and(|allocation| allocation.warm && allocation.state == State::Running);
+        if !claimable || self.allocations.contains_key(session_id) {
+            return false;
+        }
+        let Some(mut allocation) = self.allocations.remove(pool_id) else {
+            return false;
+        };
+        allocation.warm = false;
+        self.allocations.insert(session_id.clone(), allocation);
+        true
     }
 
     /// The session's running container stopped; its resources are free again.
@@ -265,6 +299,7 @@ impl Ledger {
                     .cpu_millicores
                     .saturating_add(allocation.demand.cpu_millicores),
                 memory_mb: usage.memory_mb.saturating_add(allocation.demand.memory_mb),
+                warm: usage.warm.saturating_add(u32::from(allocation.warm)),
             })
     }
 }
@@ -287,6 +322,38 @@ mod tests {
 
     fn ledger(max_containers: u32, cpu_cores: f64, memory_mb: u64) -> Ledger {
         Ledger::new(Capacity::new(max_containers, cpu_cores, memory_mb))
+    }
+
+    #[test]
+    fn warm_containers_count_against_capacity_and_move_to_the_session_that_claims_them() {
+        let mut ledger = ledger(2, 8.0, 8192);
+        let pool = session("pool-1");
+        assert_eq!(
+            ledger.admit(&pool, demand(1.0, 512)),
+            Ok(Admission::Reserved)
+        );
+        ledger.mark_warm(&pool, "c-warm", demand(1.0, 512));
+        assert_eq!(
+            ledger.usage(),
+            Usage {
+                containers: 1,
+                cpu_millicores: 1000,
+                memory_mb: 512,
+                warm: 1
+            }
+        );
+        assert!(ledger.claim_warm(&pool, &session("s")));
+        assert_eq!(ledger.usage().warm, 0);
+        assert_eq!(ledger.usage().containers, 1);
+        // Claimed once: neither the pool id nor another session can take it again.
+        assert!(!ledger.claim_warm(&pool, &session("t")));
+        // The session holds it like a container it started: a repeat create adds nothing.
+        assert_eq!(
+            ledger.admit(&session("s"), demand(1.0, 512)),
+            Ok(Admission::AlreadyAllocated)
+        );
+        ledger.forget(&session("s"), "c-warm");
+        assert_eq!(ledger.usage(), Usage::default());
     }
 
     #[test]

@@ -12,6 +12,8 @@ mod executions;
 mod files;
 mod ledger;
 mod node;
+mod pool;
+mod simulate;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -57,6 +59,10 @@ impl Running {
 pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<Running> {
     // 1. Check the configuration before anything is contacted.
     config.validate().context("invalid configuration")?;
+    if config.simulate_nodes.is_some() {
+        // A benchmark's stand-in for a fleet: no Docker at all.
+        return simulate::start(config, cancel).await;
+    }
     let node_id = config.node_id.clone();
 
     // 2. Reach the Docker engine.
@@ -88,7 +94,9 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         offered.cpu_cores,
         offered.memory_mb,
     ));
-    let containers = docker.managed_containers(&node_id).await?;
+    //    Warm-pool containers a previous run left unclaimed are removed; the pools refill.
+    let containers =
+        pool::discard_unclaimed(&docker, docker.managed_containers(&node_id).await?).await;
     for container in &containers {
         if let Some(session_id) = running_session(container) {
             ledger.mark_running(&session_id, &container.id, container.demand);
@@ -203,6 +211,10 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         stop.cancel();
         return Err(error);
     }
+    tasks.spawn(
+        "warm-pools",
+        pool::maintain(Arc::clone(&node), stop.clone()),
+    );
     tasks.spawn("heartbeat", announce::heartbeat(Arc::clone(&node), stop));
     tracing::info!(node_id = %node_id, "node registered");
 

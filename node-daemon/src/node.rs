@@ -12,6 +12,7 @@ use tokio::sync::OwnedMutexGuard;
 use crate::agent::Agents;
 use crate::docker::DockerEngine;
 use crate::ledger::Ledger;
+use crate::pool::WarmPools;
 
 /// The configured values a [`Node`] keeps.
 #[derive(Debug)]
@@ -37,6 +38,8 @@ pub(crate) struct Node {
     pub output_limit: u64,
     /// The channels to the executor agents of this node's containers.
     pub agents: Agents,
+    /// Containers kept warm for templates that ask for them.
+    pub pools: WarmPools,
     ledger: Mutex<Ledger>,
     session_locks: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -59,6 +62,7 @@ impl Node {
             registration,
             output_limit: settings.output_limit,
             agents: Agents::default(),
+            pools: WarmPools::default(),
             ledger: Mutex::new(ledger),
             session_locks: Mutex::new(HashMap::new()),
         }

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use messages::api::NodeInfo;
 use messages::control::{
-    CreateTemplate, DeclareNode, DeleteTemplate, SetNodeDrain, SetSessionTimeout,
-    TemplateDefinition, UpdateTemplate, check_capacity,
+    CreateTemplate, DeclareNode, DeleteTemplate, MAX_WARM_POOL_SIZE, SetNodeDrain,
+    SetSessionTimeout, TemplateDefinition, UpdateTemplate, check_capacity,
 };
 use messages::node::{DiscoverNodes, NodeUpdated};
 use messages::session::{Session, Template, check_timeout, is_env_name, is_image_reference};
@@ -67,6 +67,11 @@ fn check_template(definition: &TemplateDefinition) -> Result<(), ErrorBody> {
         return Err(invalid("pids must be more than 0"));
     }
     check_timeout(definition.timeout_seconds).map_err(invalid)?;
+    if definition.warm_pool_size > MAX_WARM_POOL_SIZE {
+        return Err(invalid(format!(
+            "warm_pool_size may be at most {MAX_WARM_POOL_SIZE} containers per node"
+        )));
+    }
     if definition.env.len() > MAX_ENV_ENTRIES {
         return Err(invalid(format!(
             "env may have at most {MAX_ENV_ENTRIES} entries"

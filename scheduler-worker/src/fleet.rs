@@ -616,6 +616,7 @@ mod tests {
             allocated_cpu_cores: 0.0,
             allocated_memory_mb: 0,
             status,
+            warm_containers: 0,
         }
     }
 

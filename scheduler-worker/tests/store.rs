@@ -231,6 +231,7 @@ async fn behaves_as_designed(store: &Store) {
         allocated_cpu_cores: 1.5,
         allocated_memory_mb: 768,
         status: NodeSelfStatus::Online,
+        warm_containers: 0,
     };
     store
         .record_heartbeat(&heartbeat, "online", base)
@@ -331,6 +332,7 @@ async fn operations_behave(store: &Store, registration: &NodeRegistration) {
         network: NetworkMode::SandboxNetwork,
         env: BTreeMap::new(),
         timeout_seconds: 30,
+        warm_pool_size: 0,
     };
     assert!(
         store
@@ -345,14 +347,19 @@ async fn operations_behave(store: &Store, registration: &NodeRegistration) {
             .expect("exists")
     );
     definition.timeout_seconds = 45;
+    definition.warm_pool_size = 3;
     let updated = store
         .update_template(&definition, base)
         .await
         .expect("updates")
         .expect("found");
     assert_eq!(
-        (updated.timeout_seconds, updated.network),
-        (45, NetworkMode::SandboxNetwork)
+        (
+            updated.timeout_seconds,
+            updated.network,
+            updated.warm_pool_size
+        ),
+        (45, NetworkMode::SandboxNetwork, 3)
     );
     definition.id = "t-missing".into();
     assert!(

@@ -127,11 +127,102 @@ impl Drop for NodeProcess {
     }
 }
 
+/// A binary of this workspace (`scheduler-worker`, `api-gateway`), built once per test process,
+/// so a service can run as a real process to kill with SIGKILL.
+pub fn workspace_binary(package: &'static str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(&'static str, PathBuf)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, binary)) = built.iter().find(|(name, _)| *name == package) {
+        return binary.clone();
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace holds the crate");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", package, "--bin", package])
+        .current_dir(workspace)
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building {package} failed");
+    let test_binary = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = test_binary
+        .parent()
+        .and_then(Path::parent)
+        .expect("<target>/<profile>");
+    let binary = profile_dir.join(package);
+    assert!(binary.exists(), "{} is missing", binary.display());
+    built.push((package, binary.clone()));
+    binary
+}
+
+/// A scheduler replica or a gateway running as a child process, its log in the system's temp
+/// dir. Killed (SIGKILL) when dropped.
+pub struct ServiceProcess {
+    pub name: String,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl ServiceProcess {
+    fn spawn(binary: &Path, name: String, args: &[String], log: PathBuf, rust_log: &str) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("service log file");
+        let child = Command::new(binary)
+            .args(args)
+            .env("RUST_LOG", rust_log)
+            .env("NO_COLOR", "1")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(file.try_clone().expect("service log file"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|error| panic!("{} starts: {error}", binary.display()));
+        Self {
+            name,
+            log,
+            child: Some(child),
+        }
+    }
+
+    /// SIGKILL: no clean shutdown, no acknowledgement of the work it holds.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().ok().flatten().is_none())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 pub struct System {
     pub nats: NatsServer,
     /// The gateway's internal listener, when started with a token.
     pub internal: Option<String>,
     processes: Vec<NodeProcess>,
+    /// Scheduler replicas and gateways started as processes.
+    pub service_processes: Vec<ServiceProcess>,
+    /// The flags the in-process scheduler was started with; replicas get the same.
+    scheduler_flags: Vec<String>,
     pub network: String,
     pub node_ids: Vec<String>,
     pub database: PathBuf,
@@ -202,6 +293,8 @@ impl System {
             nats,
             internal,
             processes: Vec::new(),
+            service_processes: Vec::new(),
+            scheduler_flags: options.scheduler_flags.clone(),
             network: testkit::unique_name("sbx-net"),
             node_ids: Vec::new(),
             database,
@@ -284,6 +377,128 @@ impl System {
         self.node_ids.push(node_id.clone());
         self.wait_until_online(&node_id).await;
         node_id
+    }
+
+    /// Starts a node daemon process with `heartbeat` as its interval and extra flags (say,
+    /// `--max-containers 4`), and waits until it is online.
+    pub async fn start_node_process_with(
+        &mut self,
+        heartbeat: &str,
+        extra_flags: &[&str],
+    ) -> String {
+        let node_id = testkit::unique_name("proc");
+        let mut args = vec![
+            "--nats-url".to_owned(),
+            self.nats.url(),
+            "--node-id".to_owned(),
+            node_id.clone(),
+            "--network".to_owned(),
+            self.network.clone(),
+            "--heartbeat-interval".to_owned(),
+            heartbeat.to_owned(),
+        ];
+        args.extend(extra_flags.iter().map(|flag| (*flag).to_owned()));
+        let mut process = NodeProcess {
+            log: self._dir.path().join(format!("{node_id}.log")),
+            node_id: node_id.clone(),
+            args,
+            child: None,
+        };
+        process.spawn();
+        self.processes.push(process);
+        self.node_ids.push(node_id.clone());
+        self.wait_until_online(&node_id).await;
+        node_id
+    }
+
+    /// Starts another scheduler replica as a process (the real binary), on the same database
+    /// and NATS, with the flags of the in-process one plus `extra_flags`; returns its index in
+    /// `service_processes` once it logged that it is ready. `rust_log` is its `RUST_LOG`.
+    pub async fn start_scheduler_process(&mut self, extra_flags: &[&str], rust_log: &str) -> usize {
+        let name = testkit::unique_name("scheduler");
+        let mut args = vec![
+            "--nats-url".to_owned(),
+            self.nats.url(),
+            "--database-url".to_owned(),
+            format!("sqlite://{}", self.database.display()),
+            "--node-timeout".to_owned(),
+            "20s".to_owned(),
+        ];
+        args.extend(self.scheduler_flags.iter().cloned());
+        args.extend(extra_flags.iter().map(|flag| (*flag).to_owned()));
+        let log = self._dir.path().join(format!("{name}.log"));
+        let mut process = ServiceProcess::spawn(
+            &workspace_binary("scheduler-worker"),
+            name.clone(),
+            &args,
+            log,
+            rust_log,
+        );
+        let started = Instant::now();
+        while !process.log().contains("scheduler worker ready") {
+            assert!(
+                process.is_running(),
+                "scheduler replica {name} exited at start: {}",
+                process.log()
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "scheduler replica {name} not ready within 30 s: {}",
+                process.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.service_processes.push(process);
+        self.service_processes.len() - 1
+    }
+
+    /// Starts another gateway as a process on a free port; returns its base URL once
+    /// `/healthz` answers 200.
+    pub async fn start_gateway_process(&mut self) -> String {
+        let name = testkit::unique_name("gateway");
+        let port = testkit::free_port().expect("a free port");
+        let args = vec![
+            "--listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--nats-url".to_owned(),
+            self.nats.url(),
+            "--create-wait".to_owned(),
+            "30s".to_owned(),
+        ];
+        let log = self._dir.path().join(format!("{name}.log"));
+        let mut process = ServiceProcess::spawn(
+            &workspace_binary("api-gateway"),
+            name.clone(),
+            &args,
+            log,
+            "info",
+        );
+        let base = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        loop {
+            let healthy = self
+                .http
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|response| response.status() == 200);
+            if healthy {
+                break;
+            }
+            assert!(
+                process.is_running(),
+                "gateway {name} exited at start: {}",
+                process.log()
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "gateway {name} not healthy within 30 s: {}",
+                process.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.service_processes.push(process);
+        base
     }
 
     fn process(&mut self, node_id: &str) -> &mut NodeProcess {
@@ -466,6 +681,9 @@ async fn read(response: reqwest::Response) -> (u16, serde_json::Value) {
 impl Drop for System {
     fn drop(&mut self) {
         self.cancel.cancel();
+        for service in &mut self.service_processes {
+            service.kill();
+        }
         for process in &mut self.processes {
             process.kill();
         }

@@ -87,6 +87,7 @@ fn seed_templates(at: DateTime<Utc>) -> [Template; 2] {
             network: NetworkMode::None,
             env: env.clone(),
             timeout_seconds: 300,
+            warm_pool_size: 0,
             created_at: at,
             updated_at: at,
         },
@@ -99,6 +100,7 @@ fn seed_templates(at: DateTime<Utc>) -> [Template; 2] {
             network: NetworkMode::SandboxNetwork,
             env,
             timeout_seconds: 300,
+            warm_pool_size: 0,
             created_at: at,
             updated_at: at,
         },
@@ -187,8 +189,8 @@ impl Store {
         let added = on_pool!(self, pool => {
             sqlx::query(
                 "INSERT INTO templates (id, name, description, image_url, cpu_cores, memory_mb, \
-                 pids_limit, network, env, timeout_seconds, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 pids_limit, network, env, timeout_seconds, warm_pool_size, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
                  ON CONFLICT (id) DO NOTHING",
             )
             .bind(&template.id)
@@ -201,6 +203,7 @@ impl Store {
             .bind(template.network.as_str())
             .bind(&env)
             .bind(rows::to_i64(template.timeout_seconds))
+            .bind(i64::from(template.warm_pool_size))
             .bind(template.created_at)
             .bind(template.updated_at)
             .execute(pool)

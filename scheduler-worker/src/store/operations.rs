@@ -108,7 +108,7 @@ impl Store {
             sqlx::query(
                 "UPDATE templates SET name = $2, description = $3, image_url = $4, \
                  cpu_cores = $5, memory_mb = $6, pids_limit = $7, network = $8, env = $9, \
-                 timeout_seconds = $10, updated_at = $11 WHERE id = $1",
+                 timeout_seconds = $10, warm_pool_size = $12, updated_at = $11 WHERE id = $1",
             )
             .bind(&definition.id)
             .bind(&definition.name)
@@ -121,6 +121,7 @@ impl Store {
             .bind(rows::to_json(&definition.env))
             .bind(rows::to_i64(definition.timeout_seconds))
             .bind(at)
+            .bind(i64::from(definition.warm_pool_size))
             .execute(pool)
             .await?
             .rows_affected()
@@ -241,6 +242,7 @@ fn template_of(definition: &TemplateDefinition, at: DateTime<Utc>) -> Template {
         network: definition.network,
         env: definition.env.clone(),
         timeout_seconds: definition.timeout_seconds,
+        warm_pool_size: definition.warm_pool_size,
         created_at: at,
         updated_at: at,
     }

@@ -65,6 +65,7 @@ pub(super) struct TemplateRow {
     network: String,
     env: String,
     timeout_seconds: i64,
+    warm_pool_size: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -85,6 +86,7 @@ impl TryFrom<TemplateRow> for Template {
             network: check.parse("network", &row.network)?,
             env: check.json("env", &row.env)?,
             timeout_seconds: check.unsigned("timeout_seconds", row.timeout_seconds)?,
+            warm_pool_size: check.unsigned("warm_pool_size", row.warm_pool_size)?,
             id: row.id,
             name: row.name,
             description: row.description,

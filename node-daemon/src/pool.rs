@@ -1,0 +1,261 @@
+//! Warm pools: for each template that asks for one (`warm_pool_size`), this node keeps that many
+//! containers created and running, so a session create claims one (renamed to the session)
+//! instead of starting a container. Warm containers count against capacity like any other; a
+//! claimed one was never given to anyone before, and the pool refills in the background.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use messages::SessionId;
+use messages::api::ListTemplates;
+use messages::session::ContainerSpec;
+use service_kit::bus;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::commands;
+use crate::docker::{ContainerFacts, DockerEngine, SandboxContainer};
+use crate::node::Node;
+
+/// How often the templates' pool sizes are read from the control plane.
+const TEMPLATES_REFRESH: Duration = Duration::from_secs(10);
+/// How long the refill waits after a pass that could not fill every pool (no room, no image).
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// How long a request for the templates may take.
+const TEMPLATES_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pool ids name warm containers (`sandbox-pool-…`) until a session claims them.
+const POOL_ID_PREFIX: &str = "pool-";
+
+/// A running warm container, not yet claimed.
+#[derive(Debug, Clone)]
+struct WarmContainer {
+    pool_id: SessionId,
+    container_id: String,
+}
+
+/// One template's pool on this node.
+#[derive(Debug)]
+struct Pool {
+    spec: ContainerSpec,
+    size: usize,
+    ready: VecDeque<WarmContainer>,
+}
+
+/// Every pool of this node, by template id.
+#[derive(Debug, Default)]
+pub(crate) struct WarmPools {
+    pools: Mutex<HashMap<String, Pool>>,
+    /// Wakes the refill after a claim.
+    refill: Notify,
+}
+
+impl WarmPools {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Pool>> {
+        self.pools.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes a ready container whose spec is exactly `spec`, if a pool has one.
+    fn take(&self, spec: &ContainerSpec) -> Option<WarmContainer> {
+        let taken = self
+            .lock()
+            .values_mut()
+            .find(|pool| &pool.spec == spec && !pool.ready.is_empty())
+            .and_then(|pool| pool.ready.pop_front());
+        if taken.is_some() {
+            self.refill.notify_one();
+        }
+        taken
+    }
+}
+
+/// Hands a warm container of exactly `spec` to `session_id`: the ledger moves its allocation to
+/// the session and the container takes the session's name. `None` when no pool has one ready
+/// (the caller then starts a container).
+pub(crate) async fn claim(
+    node: &Node,
+    session_id: &SessionId,
+    spec: &ContainerSpec,
+) -> Option<String> {
+    while let Some(warm) = node.pools.take(spec) {
+        // False when the container died since it was pooled: try the next one.
+        if !node.ledger().claim_warm(&warm.pool_id, session_id) {
+            continue;
+        }
+        match node
+            .docker
+            .rename(&warm.container_id, &session_id.container_name())
+            .await
+        {
+            Ok(()) => return Some(warm.container_id),
+            Err(error) => {
+                tracing::warn!(%error, "could not claim a warm container; removing it");
+                node.ledger().forget(session_id, &warm.container_id);
+                remove(&node.docker, &warm.container_id).await;
+            }
+        }
+    }
+    None
+}
+
+/// Removes, at start, the warm containers a previous run of the daemon left unclaimed: nobody
+/// holds them, and the refill makes new ones. Returns the containers that are left.
+pub(crate) async fn discard_unclaimed(
+    docker: &DockerEngine,
+    containers: Vec<ContainerFacts>,
+) -> Vec<ContainerFacts> {
+    let mut kept = Vec::with_capacity(containers.len());
+    for container in containers {
+        if container.is_unclaimed_warm() {
+            remove(docker, &container.id).await;
+        } else {
+            kept.push(container);
+        }
+    }
+    kept
+}
+
+/// Keeps every pool at its size until cancelled: reads the templates' pool sizes now and then,
+/// and refills after each claim.
+pub(crate) async fn maintain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
+    let mut refresh = tokio::time::interval(TEMPLATES_REFRESH);
+    let mut retry = false;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            _ = refresh.tick() => refresh_sizes(&node).await,
+            () = node.pools.refill.notified() => {}
+            () = tokio::time::sleep(RETRY_AFTER), if retry => {}
+        }
+        retry = !fill(&node, &cancel).await;
+    }
+}
+
+/// Reads the templates and resizes the pools to match. Unreachable schedulers leave the pools
+/// as they are (logged): a warm pool is an optimisation, never a reason to fail.
+async fn refresh_sizes(node: &Node) {
+    let templates = match bus::api_request(&node.nats, &ListTemplates {}, TEMPLATES_TIMEOUT).await {
+        Ok(templates) => templates,
+        Err(error) => {
+            tracing::debug!(%error, "could not read the templates' warm pool sizes");
+            return;
+        }
+    };
+    let mut surplus = Vec::new();
+    {
+        let mut pools = node.pools.lock();
+        let wanted: HashMap<String, (ContainerSpec, usize)> = templates
+            .iter()
+            .filter(|template| template.warm_pool_size > 0)
+            .map(|template| {
+                let size = usize::try_from(template.warm_pool_size).unwrap_or(usize::MAX);
+                (template.id.clone(), (template.container_spec(), size))
+            })
+            .collect();
+        pools.retain(|template_id, pool| {
+            let keep = wanted
+                .get(template_id)
+                .is_some_and(|(spec, _)| spec == &pool.spec);
+            if !keep {
+                surplus.extend(pool.ready.drain(..));
+            }
+            keep
+        });
+        for (template_id, (spec, size)) in wanted {
+            let pool = pools.entry(template_id).or_insert_with(|| Pool {
+                spec,
+                size,
+                ready: VecDeque::new(),
+            });
+            pool.size = size;
+            while pool.ready.len() > pool.size {
+                surplus.extend(pool.ready.pop_back());
+            }
+        }
+    }
+    for warm in surplus {
+        node.ledger().forget(&warm.pool_id, &warm.container_id);
+        remove(&node.docker, &warm.container_id).await;
+    }
+}
+
+/// Starts containers until every pool is full; `false` when one could not be filled (no room,
+/// image missing, engine error), so the caller tries again a little later.
+async fn fill(node: &Node, cancel: &CancellationToken) -> bool {
+    loop {
+        if cancel.is_cancelled() {
+            return true;
+        }
+        let next = node
+            .pools
+            .lock()
+            .iter()
+            .find(|(_, pool)| pool.ready.len() < pool.size)
+            .map(|(template_id, pool)| (template_id.clone(), pool.spec.clone()));
+        let Some((template_id, spec)) = next else {
+            return true;
+        };
+        match make_warm(node, &template_id, &spec).await {
+            Ok(warm) => {
+                let mut pools = node.pools.lock();
+                match pools.get_mut(&template_id) {
+                    Some(pool) if pool.spec == spec => pool.ready.push_back(warm),
+                    // The template changed while the container started: it is not wanted.
+                    _ => {
+                        drop(pools);
+                        node.ledger().forget(&warm.pool_id, &warm.container_id);
+                        let docker = node.docker.clone();
+                        tokio::spawn(async move { remove(&docker, &warm.container_id).await });
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::debug!(template_id, %error, "could not fill a warm pool for now");
+                return false;
+            }
+        }
+    }
+}
+
+async fn make_warm(
+    node: &Node,
+    template_id: &str,
+    spec: &ContainerSpec,
+) -> Result<WarmContainer, messages::ErrorBody> {
+    if !node.docker.has_image(&spec.image).await? {
+        return Err(messages::ErrorBody::new(
+            messages::ErrorCode::NotFound,
+            format!("image {} is not on this node", spec.image),
+        ));
+    }
+    let pool_id = SessionId::parse(format!("{POOL_ID_PREFIX}{}", uuid::Uuid::now_v7().simple()))
+        .map_err(|error| {
+            messages::ErrorBody::new(messages::ErrorCode::Internal, error.to_string())
+        })?;
+    let sandbox = SandboxContainer {
+        session_id: &pool_id,
+        node_id: &node.id,
+        spec,
+        sandbox_network: &node.sandbox_network,
+        warm_pool: Some(template_id),
+    };
+    let container_id = commands::make_container(node, &sandbox)
+        .await?
+        .ok_or_else(|| {
+            messages::ErrorBody::new(
+                messages::ErrorCode::Conflict,
+                format!("the name of warm container {pool_id} is taken"),
+            )
+        })?;
+    tracing::info!(template_id, container_id, "warm container ready");
+    Ok(WarmContainer {
+        pool_id,
+        container_id,
+    })
+}
+
+async fn remove(docker: &DockerEngine, container_id: &str) {
+    if let Err(error) = docker.remove(container_id).await {
+        tracing::warn!(container_id, %error, "could not remove a warm container");
+    }
+}
