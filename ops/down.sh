@@ -6,8 +6,8 @@
 #
 # Usage: ops/down.sh [--purge]
 #   --purge  also remove every sandbox container on this Docker engine
-#            (label io.sandbox.managed-by=sandbox-node-daemon) and the run folder (logs,
-#            database, NATS store)
+#            (label io.sandbox.managed-by=sandbox-node-daemon), the sandbox_network bridge
+#            when nothing else uses it, and the run folder (logs, database, NATS store)
 # Env:
 #   SANDBOX_RUN_DIR       run folder (default <repo>/.run)
 #   SANDBOX_STOP_TIMEOUT  seconds between SIGTERM and SIGKILL (default 10)
@@ -61,6 +61,16 @@ if $purge; then
         if ((${#containers[@]} > 0)); then
             info "removing ${#containers[@]} sandbox container(s)"
             docker rm -f "${containers[@]}" >/dev/null
+        fi
+        # The node daemon makes the bridge and never removes it; a container of someone
+        # else's still on it keeps it (docker refuses), which is what we want.
+        network="${NODE_DAEMON_NETWORK:-sandbox_network}"
+        if docker network inspect "$network" >/dev/null 2>&1; then
+            if docker network rm "$network" >/dev/null 2>&1; then
+                info "removed the $network network"
+            else
+                warn "kept the $network network: something else still uses it"
+            fi
         fi
     else
         warn "docker is not installed; no containers to remove"
