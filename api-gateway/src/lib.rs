@@ -25,6 +25,7 @@ use axum::{Json, Router};
 use service_kit::bus;
 use service_kit::tasks::Tasks;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub use crate::config::Config;
 use crate::error::ApiError;
@@ -231,12 +232,15 @@ pub(crate) async fn wrong_method(request: Request) -> ApiError {
     )
 }
 
-/// Logs every request with its outcome.
+/// Logs every request with its outcome, in a span that continues the client's trace if the
+/// request carries one (`traceparent`).
 pub(crate) async fn log_request(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let span = tracing::info_span!("http.request", %method, %path);
+    bus::adopt_http_parent(&span, request.headers());
     let started = Instant::now();
-    let response = next.run(request).await;
+    let response = next.run(request).instrument(span).await;
     tracing::info!(
         %method,
         %path,

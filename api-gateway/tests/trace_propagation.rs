@@ -1,4 +1,5 @@
-//! One trace spans gateway -> scheduler -> node daemon: the trace context rides in NATS headers.
+//! One trace spans client -> gateway -> scheduler -> node daemon: the gateway continues the
+//! client's `traceparent`, and the trace context rides in NATS headers.
 //! Its own test binary, because it installs the process-wide tracing subscriber.
 
 mod common;
@@ -28,10 +29,20 @@ async fn gateway_scheduler_and_node_spans_share_one_trace() {
     tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
 
     let system = System::with_node().await;
-    let (status, session) = system
-        .post_json("/api/v1/sessions", &json!({"template_id": "python-basic"}))
-        .await;
-    assert_eq!(status, 201, "{session}");
+    // The client's own trace, as a W3C traceparent.
+    let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = system
+        .http
+        .post(system.url("/api/v1/sessions"))
+        .header(
+            "traceparent",
+            format!("00-{client_trace}-00f067aa0ba902b7-01"),
+        )
+        .json(&json!({"template_id": "python-basic"}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 201);
 
     let names = [
         "gateway.create_session",
@@ -50,7 +61,11 @@ async fn gateway_scheduler_and_node_spans_share_one_trace() {
         find(&spans, name).unwrap_or_else(|| panic!("no span named {name} was recorded"))
     });
     let trace_id = gateway.span_context.trace_id();
-    assert_ne!(trace_id, TraceId::INVALID);
+    assert_eq!(
+        trace_id,
+        TraceId::from_hex(client_trace).expect("hex"),
+        "the gateway did not continue the client's trace"
+    );
     assert_eq!(scheduler.span_context.trace_id(), trace_id);
     assert_eq!(node.span_context.trace_id(), trace_id);
     // Each hop is the child of the one before it, across NATS.

@@ -100,11 +100,32 @@ pub fn outgoing_headers() -> HeaderMap {
 /// Makes `span` a child of the trace a received message carries, if it carries one.
 pub fn adopt_remote_parent(span: &tracing::Span, headers: Option<&HeaderMap>) {
     let Some(headers) = headers else { return };
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(headers))
-    });
+    adopt_parent(span, &HeaderExtractor(headers));
+}
+
+/// Makes `span` a child of the trace an HTTP request carries (W3C `traceparent`), if any, so a
+/// client's trace continues through the control plane.
+pub fn adopt_http_parent(span: &tracing::Span, headers: &http::HeaderMap) {
+    adopt_parent(span, &HttpHeaderExtractor(headers));
+}
+
+fn adopt_parent(span: &tracing::Span, carrier: &dyn Extractor) {
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(carrier));
     // Fails only when no OpenTelemetry layer is installed: then there is no trace to join.
     let _ = span.set_parent(parent);
+}
+
+struct HttpHeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HttpHeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
 }
 
 /// Publishes `payload` on `subject` with the standard headers.
