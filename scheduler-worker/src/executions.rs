@@ -34,21 +34,13 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 pub async fn results_consumer(scheduler: &Scheduler) -> anyhow::Result<PullConsumer> {
     let jetstream = jetstream::new(scheduler.nats.clone());
     let stream = bus::ensure_executions_stream(&jetstream).await?;
-    let name = subjects::execution_results_consumer();
-    stream
-        .get_or_create_consumer(
-            name,
-            jetstream::consumer::pull::Config {
-                durable_name: Some(name.to_owned()),
-                filter_subject: subjects::execution_results_all().to_owned(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: scheduler.config.ack_wait,
-                max_deliver: -1,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|error| anyhow::anyhow!("creating the {name} consumer: {error}"))
+    bus::shared_consumer(
+        &stream,
+        subjects::execution_results_consumer(),
+        Some(subjects::execution_results_all()),
+        scheduler.config.ack_wait,
+    )
+    .await
 }
 
 /// Records results until cancelled.

@@ -24,22 +24,15 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 pub async fn consumer(scheduler: &Scheduler) -> anyhow::Result<PullConsumer> {
     let jetstream = jetstream::new(scheduler.nats.clone());
     let stream = bus::ensure_sessions_stream(&jetstream).await?;
-    let name = subjects::sessions_consumer();
-    stream
-        .get_or_create_consumer(
-            name,
-            jetstream::consumer::pull::Config {
-                durable_name: Some(name.to_owned()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: scheduler.config.ack_wait,
-                // Never give up on an acknowledged request: while the database is down it is
-                // retried with growing pauses, and placed once it is back.
-                max_deliver: -1,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|error| anyhow::anyhow!("creating the {name} consumer: {error}"))
+    // While the database is down a request is retried with growing pauses, and placed once it
+    // is back.
+    bus::shared_consumer(
+        &stream,
+        subjects::sessions_consumer(),
+        None,
+        scheduler.config.ack_wait,
+    )
+    .await
 }
 
 /// Pulls requests and places up to `max_in_flight` of them at once.

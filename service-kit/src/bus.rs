@@ -251,15 +251,7 @@ pub async fn ensure_sessions_stream(
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     };
-    jetstream
-        .get_or_create_stream(config)
-        .await
-        .map_err(|error| {
-            anyhow::anyhow!(
-                "creating the {} stream: {error}",
-                subjects::sessions_stream()
-            )
-        })
+    ensure_stream(jetstream, config).await
 }
 
 /// The JetStream stream holding every execution's output and result, created by the gateway and
@@ -282,15 +274,44 @@ pub async fn ensure_executions_stream(
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     };
+    ensure_stream(jetstream, config).await
+}
+
+async fn ensure_stream(
+    jetstream: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::stream::Config,
+) -> anyhow::Result<async_nats::jetstream::stream::Stream> {
+    let name = config.name.clone();
     jetstream
         .get_or_create_stream(config)
         .await
-        .map_err(|error| {
-            anyhow::anyhow!(
-                "creating the {} stream: {error}",
-                subjects::executions_stream()
-            )
-        })
+        .map_err(|error| anyhow::anyhow!("creating the {name} stream: {error}"))
+}
+
+/// The durable pull consumer `name` on `stream`, created if missing, that every scheduler
+/// replica shares so each message goes to one of them. Explicit acks, and no limit on
+/// redeliveries: work is never given up while a replica cannot record it.
+pub async fn shared_consumer(
+    stream: &async_nats::jetstream::stream::Stream,
+    name: &str,
+    filter_subject: Option<&str>,
+    ack_wait: Duration,
+) -> anyhow::Result<async_nats::jetstream::consumer::PullConsumer> {
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
+    stream
+        .get_or_create_consumer(
+            name,
+            pull::Config {
+                durable_name: Some(name.to_owned()),
+                filter_subject: filter_subject.unwrap_or_default().to_owned(),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait,
+                max_deliver: -1,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|error| anyhow::anyhow!("creating the {name} consumer: {error}"))
 }
 
 /// How much execution output the EXECUTIONS stream keeps before it drops the oldest.
