@@ -36,10 +36,12 @@ use crate::input;
 /// How long past a run's own timeout a waiting request or stream keeps waiting for its result:
 /// the node reports a stuck run at timeout + 10 s, the schedulers fail a lost one at + 60 s.
 const RESULT_SLACK: Duration = Duration::from_secs(75);
-/// The most code and stdin one run takes: with its JSON escaping, a run must fit the executor
-/// agent's 1 MiB request line.
-const MAX_CODE_BYTES: usize = 256 * 1024;
-const MAX_STDIN_BYTES: usize = 256 * 1024;
+/// The most code, stdin and env one run takes, measured as the JSON the executor agent receives
+/// (escapes included): the agent's request line holds 1 MiB, and the rest of the request needs
+/// some of it.
+const MAX_RUN_JSON_BYTES: usize = 960 * 1024;
+/// How long a stream keeps relaying output after the run's result was recorded.
+const RECORDED_DRAIN: Duration = Duration::from_secs(1);
 /// How many events a stream buffers for a slow client before it waits for it.
 const STREAM_BUFFER: usize = 64;
 
@@ -81,12 +83,14 @@ impl RunBody {
                 ),
             ));
         }
-        if self.code.len() > MAX_CODE_BYTES || self.stdin.len() > MAX_STDIN_BYTES {
+        let as_json = serde_json::to_vec(&(&self.code, &self.stdin, &self.env))
+            .map_or(usize::MAX, |json| json.len());
+        if as_json > MAX_RUN_JSON_BYTES {
             return Err(ApiError::invalid(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!(
-                    "code and stdin may be at most {MAX_CODE_BYTES} bytes each; upload larger \
-                     inputs as files"
+                    "code, stdin and env take {as_json} bytes as JSON; the most is \
+                     {MAX_RUN_JSON_BYTES}: upload larger inputs as files"
                 ),
             ));
         }
@@ -199,18 +203,8 @@ async fn wait_for_result(
     mut results: Subscriber,
     deadline: tokio::time::Instant,
 ) -> Result<Execution, ApiError> {
-    let announced = async {
-        while let Some(message) = results.next().await {
-            match messages::decode::<Execution>(&message.payload) {
-                Ok(execution) if execution.status.is_final() => return Some(execution),
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "undecodable execution status; ignored"),
-            }
-        }
-        None
-    };
     let settled = tokio::select! {
-        settled = announced => settled,
+        settled = next_final(&mut results) => settled,
         () = tokio::time::sleep_until(deadline) => None,
         () = state.cancel.cancelled() => None,
     };
@@ -218,6 +212,18 @@ async fn wait_for_result(
         Some(execution) => Ok(execution),
         None => fetch(state, execution_id).await,
     }
+}
+
+/// The next final state announced, or `None` if the subscription ends first.
+async fn next_final(results: &mut Subscriber) -> Option<Execution> {
+    while let Some(message) = results.next().await {
+        match messages::decode::<Execution>(&message.payload) {
+            Ok(execution) if execution.status.is_final() => return Some(execution),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "undecodable execution status; ignored"),
+        }
+    }
+    None
 }
 
 async fn fetch(state: &AppState, execution_id: &ExecutionId) -> Result<Execution, ApiError> {
@@ -351,16 +357,25 @@ async fn relay_live(
     state: AppState,
     execution: Execution,
     mut events_consumer: Ordered,
-    results: Subscriber,
+    mut results: Subscriber,
     events: mpsc::Sender<Event>,
 ) {
     let deadline = tokio::time::Instant::now() + run_wait(execution.timeout_secs);
+    let mut end = deadline;
+    // A result recorded without the node's (the callback's, or the overdue sweep's) ends the
+    // stream too, after a moment for output still on its way.
+    let mut recorded = None;
     let mut text = [Utf8Tail::default(), Utf8Tail::default()];
     let mut next_seq = 0;
     loop {
         let message = tokio::select! {
             message = events_consumer.next() => message,
-            () = tokio::time::sleep_until(deadline) => break,
+            announced = next_final(&mut results), if recorded.is_none() => {
+                recorded = announced;
+                end = end.min(tokio::time::Instant::now() + RECORDED_DRAIN);
+                continue;
+            }
+            () = tokio::time::sleep_until(end) => break,
             () = state.cancel.cancelled() => break,
             () = events.closed() => return,
         };
@@ -398,11 +413,25 @@ async fn relay_live(
             return;
         }
     }
-    // The node's result is out; the recorded one follows within moments.
-    let short_deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let final_state = wait_for_result(&state, &execution.id, results, deadline.min(short_deadline))
-        .await
-        .unwrap_or(execution);
+    for (stream, tail) in [OutputStream::Stdout, OutputStream::Stderr]
+        .into_iter()
+        .zip(&mut text)
+    {
+        let rest = tail.finish();
+        if !rest.is_empty() && events.send(output_event(stream, &rest)).await.is_err() {
+            return;
+        }
+    }
+    let final_state = match recorded {
+        Some(execution) => execution,
+        // The node's result is out; the recorded one follows within moments.
+        None => {
+            let short_deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            wait_for_result(&state, &execution.id, results, deadline.min(short_deadline))
+                .await
+                .unwrap_or(execution)
+        }
+    };
     let _ = events.send(result_event(&final_state)).await;
 }
 
@@ -439,6 +468,13 @@ impl Utf8Tail {
         let rest = self.pending.split_off(complete);
         let text = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending = rest;
+        text
+    }
+
+    /// What is left at the end: an incomplete character, as a replacement character.
+    fn finish(&mut self) -> String {
+        let text = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
         text
     }
 }
@@ -560,7 +596,8 @@ mod tests {
             fresh: false,
         };
         assert!(body(30, "print(1)").validate().is_ok());
-        let huge = "x".repeat(MAX_CODE_BYTES + 1);
+        // Within the HTTP body limit as raw text, but past it once escaped.
+        let huge = "\u{1}".repeat(MAX_RUN_JSON_BYTES / 4);
         for bad in [
             body(0, "x"),
             body(MAX_TIMEOUT_SECS + 1, "x"),

@@ -208,11 +208,18 @@ pub(crate) async fn download(
     };
     // The first chunk is read before answering, so a missing file is a 404, not a broken body.
     let first: FileChunk = ask_node(&state, &node, &request).await?;
-    // The length is fixed by the first read; a file that grows meanwhile is cut there.
+    // The length is fixed by the first read (it is the Content-Length): a file that grows
+    // meanwhile is cut there; one that shrinks ends the body with an error, never short.
     let size = first.size;
-    request.offset = first.data.len() as u64;
-    let done = first.eof || request.offset >= size;
-    let first_bytes = Bytes::from(first.data);
+    let first_bytes = Bytes::from(within_size(first.data, 0, size));
+    request.offset = first_bytes.len() as u64;
+    if request.offset < size && (first.eof || first_bytes.is_empty()) {
+        return Err(ApiError::from_code(
+            ErrorCode::Conflict,
+            "the file shrank while it was being read",
+        ));
+    }
+    let done = request.offset >= size;
     let rest = futures::stream::unfold(
         (state, node, request, done),
         move |(state, node, mut request, done)| async move {
@@ -221,14 +228,13 @@ pub(crate) async fn download(
             }
             match ask_node(&state, &node, &request).await {
                 Ok(chunk) => {
-                    let remaining = size.saturating_sub(request.offset);
-                    let take = usize::try_from(remaining)
-                        .unwrap_or(usize::MAX)
-                        .min(chunk.data.len());
-                    let mut data = chunk.data;
-                    data.truncate(take);
+                    let data = within_size(chunk.data, request.offset, size);
+                    if data.is_empty() {
+                        let shrank = std::io::Error::other("the file shrank while it was read");
+                        return Some((Err(shrank), (state, node, request, true)));
+                    }
                     request.offset += data.len() as u64;
-                    let done = chunk.eof || data.is_empty() || request.offset >= size;
+                    let done = request.offset >= size;
                     Some((Ok(Bytes::from(data)), (state, node, request, done)))
                 }
                 Err(error) => Some((
@@ -248,6 +254,13 @@ pub(crate) async fn download(
         Body::from_stream(body),
     )
         .into_response())
+}
+
+/// `data`, read at `offset`, cut to what lies before `size`.
+fn within_size(mut data: Vec<u8>, offset: u64, size: u64) -> Vec<u8> {
+    let remaining = usize::try_from(size.saturating_sub(offset)).unwrap_or(usize::MAX);
+    data.truncate(remaining);
+    data
 }
 
 /// The query of `GET /api/v1/sessions/{id}/files`.

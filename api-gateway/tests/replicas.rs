@@ -501,6 +501,7 @@ async fn a_replica_killed_mid_placement_loses_no_request_and_makes_no_duplicate(
         .expect("stream info")
         .state
         .last_sequence;
+    eprintln!("set-up took {:?}", test_started.elapsed());
 
     // 100 creates at once, half waiting for the outcome, half answered 202 at once.
     let requests: Vec<_> = (0..REQUESTS)
@@ -542,6 +543,7 @@ async fn a_replica_killed_mid_placement_loses_no_request_and_makes_no_duplicate(
         held.len()
     );
 
+    eprintln!("waiting for the answers");
     let mut answers = Vec::new();
     for request in requests {
         let (status, body) = tokio::time::timeout(Duration::from_secs(60), request)
@@ -566,6 +568,7 @@ async fn a_replica_killed_mid_placement_loses_no_request_and_makes_no_duplicate(
         );
     }
 
+    eprintln!("all answered after {:?}", started.elapsed());
     // Every accepted request settles, those the dead replica held included.
     let settled = wait_until_all_settled(&system, &ids, Duration::from_secs(30)).await;
     let mut running: BTreeMap<String, (String, String)> = BTreeMap::new();
@@ -592,6 +595,25 @@ async fn a_replica_killed_mid_placement_loses_no_request_and_makes_no_duplicate(
             }
             _ => panic!("session {id} ended neither running nor failed: {session}"),
         }
+    }
+    // Nothing is left in the work queue: every request was acknowledged by a live replica.
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .get_consumer(messages::subjects::sessions_consumer())
+        .await
+        .expect("the shared consumer");
+    let started = Instant::now();
+    loop {
+        let info = consumer.info().await.expect("consumer info");
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "requests left unacknowledged: {} pending, {} awaiting an ack",
+            info.num_pending,
+            info.num_ack_pending
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // A 201 is never taken back.
     for answer in &answers {

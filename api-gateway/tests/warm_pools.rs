@@ -62,17 +62,19 @@ fn median(mut values: Vec<Duration>) -> Duration {
 async fn a_session_claims_a_fresh_warm_container_faster_than_a_cold_start_and_the_pool_refills() {
     require_executor_image();
     let system = System::with_node().await;
-    let template = |id: &str, warm_pool_size: usize| {
-        json!({"id": id, "image": "sandbox-executor:v1.0", "cpu": 0.25, "memory": 128,
+    // Pools hold containers of one exact spec, so the cold template differs (in memory): its
+    // sessions cannot claim the warm ones.
+    let template = |id: &str, memory: u64, warm_pool_size: usize| {
+        json!({"id": id, "image": "sandbox-executor:v1.0", "cpu": 0.25, "memory": memory,
                "pids": 64, "timeout": 300, "warm_pool_size": warm_pool_size})
     };
     let (status, created) = system
-        .post_json("/api/v1/templates", &template("warm", POOL_SIZE))
+        .post_json("/api/v1/templates", &template("warm", 128, POOL_SIZE))
         .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["warm_pool_size"], POOL_SIZE);
     let (status, _) = system
-        .post_json("/api/v1/templates", &template("cold", 0))
+        .post_json("/api/v1/templates", &template("cold", 160, 0))
         .await;
     assert_eq!(status, 201);
 

@@ -78,7 +78,8 @@ pub(crate) fn registration_as(
 }
 
 /// The containers listed (at `listed_at`, taken before the listing) as a scheduler reconciles
-/// them.
+/// them. Unclaimed warm-pool containers belong to no session: they are the node's own business,
+/// and left out (a scheduler would remove them as orphans).
 pub(crate) fn inventory(
     containers: &[ContainerFacts],
     listed_at: chrono::DateTime<Utc>,
@@ -87,6 +88,7 @@ pub(crate) fn inventory(
         listed_at,
         containers: containers
             .iter()
+            .filter(|facts| !facts.is_unclaimed_warm())
             .map(|facts| ReportedContainer {
                 container_id: facts.id.clone(),
                 session_id: facts.session_id.clone(),

@@ -183,7 +183,14 @@ async fn create_container(
         sandbox_network: &node.sandbox_network,
         warm_pool: None,
     };
-    let Some(container_id) = make_container(node, &sandbox).await? else {
+    let made = match make_container(node, &sandbox).await {
+        // Warm containers are spare room: give one up rather than refuse the session.
+        Err(error) if error.code == ErrorCode::Capacity && pool::evict_one(node).await => {
+            make_container(node, &sandbox).await
+        }
+        made => made,
+    };
+    let Some(container_id) = made? else {
         // A concurrent create for this session took the name first: answer with its container.
         let existing = inspect_after_conflict(node, &name).await?;
         return run_existing(node, session_id, existing).await;

@@ -15,6 +15,7 @@ use service_kit::bus;
 use tokio_util::sync::CancellationToken;
 
 use crate::node::Node;
+use crate::pool;
 
 /// How long to wait before following the events again after the stream broke.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
@@ -133,6 +134,7 @@ async fn handle(node: &Node, event: &EventMessage, oom_killed: &mut HashSet<Stri
             if unclaimed_warm {
                 // No session to tell; the pool replaces it.
                 tracing::info!(container_id, exit_code, "a warm-pool container exited");
+                pool::container_died(node, container_id).await;
                 return;
             }
             let oom = saw_oom || was_oom_killed(node, container_id).await;

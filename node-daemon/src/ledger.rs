@@ -193,6 +193,22 @@ impl Ledger {
         Ok(Admission::Reserved)
     }
 
+    /// Whether `count` more containers of `demand` each would fit next to what is allocated.
+    pub fn has_room_for(&self, demand: Demand, count: u32) -> bool {
+        let usage = self.usage();
+        let capacity = self.capacity;
+        let count64 = u64::from(count);
+        usage.containers.saturating_add(count) <= capacity.max_containers
+            && usage
+                .cpu_millicores
+                .saturating_add(demand.cpu_millicores.saturating_mul(count64))
+                <= capacity.cpu_millicores
+            && usage
+                .memory_mb
+                .saturating_add(demand.memory_mb.saturating_mul(count64))
+                <= capacity.memory_mb
+    }
+
     /// Gives back a reservation whose container did not come to run. An existing container that
     /// failed to restart stays known as exited.
     pub fn release(&mut self, session_id: &SessionId) {

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::commands;
 use crate::docker::{ContainerFacts, DockerEngine, SandboxContainer};
+use crate::ledger::Demand;
 use crate::node::Node;
 
 /// How often the templates' pool sizes are read from the control plane.
@@ -78,8 +79,9 @@ pub(crate) async fn claim(
     spec: &ContainerSpec,
 ) -> Option<String> {
     while let Some(warm) = node.pools.take(spec) {
-        // False when the container died since it was pooled: try the next one.
+        // False when the container died since it was pooled: drop it, try the next one.
         if !node.ledger().claim_warm(&warm.pool_id, session_id) {
+            discard(node, &warm).await;
             continue;
         }
         match node
@@ -98,6 +100,52 @@ pub(crate) async fn claim(
     None
 }
 
+/// Gives up a warm container: out of the ledger and off the engine.
+async fn discard(node: &Node, warm: &WarmContainer) {
+    node.ledger().forget(&warm.pool_id, &warm.container_id);
+    remove(&node.docker, &warm.container_id).await;
+}
+
+/// A warm container stopped on its own: it leaves its pool (which refills) and the engine.
+pub(crate) async fn container_died(node: &Node, container_id: &str) {
+    let dead = {
+        let mut pools = node.pools.lock();
+        pools.values_mut().find_map(|pool| {
+            let index = pool
+                .ready
+                .iter()
+                .position(|warm| warm.container_id == container_id)?;
+            pool.ready.remove(index)
+        })
+    };
+    if let Some(warm) = dead {
+        discard(node, &warm).await;
+        node.pools.refill.notify_one();
+    }
+}
+
+/// Frees room for a session by removing one unclaimed warm container, when a create found the
+/// node full: warm containers are spare capacity, never a reason to refuse a session. Returns
+/// whether one was removed.
+pub(crate) async fn evict_one(node: &Node) -> bool {
+    let evicted = node
+        .pools
+        .lock()
+        .values_mut()
+        .find_map(|pool| pool.ready.pop_back());
+    match evicted {
+        Some(warm) => {
+            tracing::info!(
+                container_id = warm.container_id,
+                "evicted a warm container to make room"
+            );
+            discard(node, &warm).await;
+            true
+        }
+        None => false,
+    }
+}
+
 /// Removes, at start, the warm containers a previous run of the daemon left unclaimed: nobody
 /// holds them, and the refill makes new ones. Returns the containers that are left.
 pub(crate) async fn discard_unclaimed(
@@ -107,10 +155,14 @@ pub(crate) async fn discard_unclaimed(
     let mut kept = Vec::with_capacity(containers.len());
     for container in containers {
         if container.is_unclaimed_warm() {
-            remove(docker, &container.id).await;
-        } else {
-            kept.push(container);
+            match docker.remove(&container.id).await {
+                Ok(_) => continue,
+                Err(error) => {
+                    tracing::warn!(container_id = container.id, %error, "could not remove an old warm container; keeping it counted");
+                }
+            }
         }
+        kept.push(container);
     }
     kept
 }
@@ -173,15 +225,16 @@ async fn refresh_sizes(node: &Node) {
             }
         }
     }
-    for warm in surplus {
-        node.ledger().forget(&warm.pool_id, &warm.container_id);
-        remove(&node.docker, &warm.container_id).await;
+    for warm in &surplus {
+        discard(node, warm).await;
     }
 }
 
 /// Starts containers until every pool is full; `false` when one could not be filled (no room,
 /// image missing, engine error), so the caller tries again a little later.
 async fn fill(node: &Node, cancel: &CancellationToken) -> bool {
+    // Pools that failed this pass; the others still fill.
+    let mut failed = std::collections::HashSet::new();
     loop {
         if cancel.is_cancelled() {
             return true;
@@ -190,10 +243,12 @@ async fn fill(node: &Node, cancel: &CancellationToken) -> bool {
             .pools
             .lock()
             .iter()
-            .find(|(_, pool)| pool.ready.len() < pool.size)
+            .find(|(template_id, pool)| {
+                pool.ready.len() < pool.size && !failed.contains(*template_id)
+            })
             .map(|(template_id, pool)| (template_id.clone(), pool.spec.clone()));
         let Some((template_id, spec)) = next else {
-            return true;
+            return failed.is_empty();
         };
         match make_warm(node, &template_id, &spec).await {
             Ok(warm) => {
@@ -211,7 +266,7 @@ async fn fill(node: &Node, cancel: &CancellationToken) -> bool {
             }
             Err(error) => {
                 tracing::debug!(template_id, %error, "could not fill a warm pool for now");
-                return false;
+                failed.insert(template_id);
             }
         }
     }
@@ -222,6 +277,14 @@ async fn make_warm(
     template_id: &str,
     spec: &ContainerSpec,
 ) -> Result<WarmContainer, messages::ErrorBody> {
+    // A warm container never takes the node's last room: one session of the same size must
+    // still fit, so the schedulers keep seeing room for it.
+    if !node.ledger().has_room_for(Demand::of(&spec.resources), 2) {
+        return Err(messages::ErrorBody::new(
+            messages::ErrorCode::Capacity,
+            "no room for a warm container next to one more session",
+        ));
+    }
     if !node.docker.has_image(&spec.image).await? {
         return Err(messages::ErrorBody::new(
             messages::ErrorCode::NotFound,

@@ -26,6 +26,8 @@ use crate::store::{self, StoreError};
 /// How long past its timeout a run may stay without a result before it is failed. The node's
 /// own watchdog reports at timeout + 10 s, so this only fires when the node is gone.
 const RESULT_GRACE: Duration = Duration::from_secs(60);
+/// The most runs one sweep fails; the next sweep takes the rest.
+const SWEEP_BATCH: u32 = 500;
 /// How often each replica looks for runs whose result never came.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -197,8 +199,11 @@ impl Scheduler {
             completed_at: None,
             metrics: None,
         };
+        let result_due_at = execution.created_at
+            + chrono::Duration::seconds(i64::from(execution.timeout_secs))
+            + chrono::Duration::from_std(RESULT_GRACE).unwrap_or_default();
         self.store
-            .insert_execution(&execution)
+            .insert_execution(&execution, result_due_at)
             .await
             .map_err(internal)?;
         let command = RunExecution {
@@ -308,27 +313,20 @@ impl Scheduler {
     }
 
     async fn fail_overdue_runs(&self) -> Result<(), StoreError> {
-        let now = store::now();
-        let grace = chrono::Duration::from_std(RESULT_GRACE).unwrap_or_default();
         for execution in self
             .store
-            .running_executions_created_before(now - grace)
+            .overdue_executions(store::now(), SWEEP_BATCH)
             .await?
         {
-            let deadline = execution.created_at
-                + chrono::Duration::seconds(i64::from(execution.timeout_secs))
-                + grace;
-            if deadline < now {
-                let node = execution
-                    .runtime_node
-                    .as_ref()
-                    .map_or_else(|| "its node".to_owned(), |node| format!("node '{node}'"));
-                let result = ExecutionResult::error(
-                    execution.id.clone(),
-                    format!("no result came from {node}; the run's outcome is unknown"),
-                );
-                self.record_result(&result).await?;
-            }
+            let node = execution
+                .runtime_node
+                .as_ref()
+                .map_or_else(|| "its node".to_owned(), |node| format!("node '{node}'"));
+            let result = ExecutionResult::error(
+                execution.id.clone(),
+                format!("no result came from {node}; the run's outcome is unknown"),
+            );
+            self.record_result(&result).await?;
         }
         Ok(())
     }

@@ -508,15 +508,19 @@ fn execution(id: &str, session_id: &str, created_at: chrono::DateTime<chrono::Ut
 /// Executions: recorded running, listed newest first per session, and given exactly one result.
 async fn executions_behave_as_designed(store: &Store) {
     let base = store::now();
-    for (index, id) in ["e-1", "e-2", "e-3"].into_iter().enumerate() {
+    let seconds = chrono::Duration::seconds;
+    for (index, (id, due_in)) in [("e-1", 10), ("e-2", 3), ("e-3", 1)]
+        .into_iter()
+        .enumerate()
+    {
         let at = base + chrono::Duration::milliseconds(i64::try_from(index).expect("small"));
         store
-            .insert_execution(&execution(id, "s-exec", at))
+            .insert_execution(&execution(id, "s-exec", at), base + seconds(due_in))
             .await
             .expect("inserts");
     }
     store
-        .insert_execution(&execution("e-other", "s-other", base))
+        .insert_execution(&execution("e-other", "s-other", base), base + seconds(100))
         .await
         .expect("inserts");
     let (page, total) = store
@@ -576,10 +580,11 @@ async fn executions_behave_as_designed(store: &Store) {
             .expect("runs")
             .is_none()
     );
-    let overdue = store
-        .running_executions_created_before(base + chrono::Duration::seconds(1))
-        .await
-        .expect("lists");
-    let overdue: Vec<&str> = overdue.iter().map(|e| e.id.as_str()).collect();
-    assert_eq!(overdue, ["e-other", "e-2", "e-3"]);
+    // Overdue: still running, due before now, most overdue first (e-1 has its result).
+    let overdue = |limit| store.overdue_executions(base + seconds(5), limit);
+    let ids = |runs: Vec<scheduler_worker::store::OverdueExecution>| -> Vec<String> {
+        runs.into_iter().map(|run| run.id.to_string()).collect()
+    };
+    assert_eq!(ids(overdue(10).await.expect("lists")), ["e-3", "e-2"]);
+    assert_eq!(ids(overdue(1).await.expect("lists")), ["e-3"]);
 }

@@ -21,8 +21,10 @@ CREATE TABLE executions (
     metrics      TEXT,
     created_at   TIMESTAMPTZ NOT NULL,
     started_at   TIMESTAMPTZ,
-    completed_at TIMESTAMPTZ
+    completed_at TIMESTAMPTZ,
+    -- When the schedulers stop waiting for the node's result: created_at + timeout + grace.
+    result_due_at TIMESTAMPTZ NOT NULL
 );
 
 CREATE INDEX executions_by_session ON executions (session_id, created_at);
-CREATE INDEX executions_by_status ON executions (status, created_at);
+CREATE INDEX executions_due ON executions (status, result_due_at);

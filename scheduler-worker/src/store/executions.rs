@@ -8,6 +8,13 @@ use messages::{ExecutionId, NodeId, SessionId};
 use super::rows::{self, ExecutionRow};
 use super::{Pool, Store, StoreError};
 
+/// A run whose result is overdue, as the sweep sees it.
+#[derive(Debug, Clone)]
+pub struct OverdueExecution {
+    pub id: ExecutionId,
+    pub runtime_node: Option<NodeId>,
+}
+
 /// The columns of an execution row, spelled once for every query that reads executions.
 macro_rules! execution_columns {
     () => {
@@ -18,12 +25,17 @@ macro_rules! execution_columns {
 }
 
 impl Store {
-    pub async fn insert_execution(&self, execution: &Execution) -> Result<(), StoreError> {
+    /// Records a new run; its result is due by `result_due_at`.
+    pub async fn insert_execution(
+        &self,
+        execution: &Execution,
+        result_due_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let sql = concat!(
             "INSERT INTO executions (",
             execution_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-             $17, $18, $19, $20)"
+            ", result_due_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+             $14, $15, $16, $17, $18, $19, $20, $21)"
         );
         on_pool!(self, pool => {
             sqlx::query(sql)
@@ -47,6 +59,7 @@ impl Store {
                 .bind(execution.created_at)
                 .bind(execution.started_at)
                 .bind(execution.completed_at)
+                .bind(result_due_at)
                 .execute(pool)
                 .await?;
         });
@@ -135,23 +148,38 @@ impl Store {
             .map(|execution| (execution, changed)))
     }
 
-    /// Executions still `running` that were created before `before`, oldest first.
-    pub async fn running_executions_created_before(
+    /// Up to `limit` executions still `running` whose result was due before `now`, most
+    /// overdue first: only what failing them needs, not their code and output.
+    pub async fn overdue_executions(
         &self,
-        before: DateTime<Utc>,
-    ) -> Result<Vec<Execution>, StoreError> {
-        let sql = concat!(
-            "SELECT ",
-            execution_columns!(),
-            " FROM executions WHERE status = $1 AND created_at < $2 ORDER BY created_at"
-        );
-        let rows: Vec<ExecutionRow> = on_pool!(self, pool => {
-            sqlx::query_as(sql)
-                .bind(ExecutionStatus::Running.as_str())
-                .bind(before)
-                .fetch_all(pool)
-                .await?
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<OverdueExecution>, StoreError> {
+        let rows: Vec<(String, Option<String>)> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT id, runtime_node FROM executions \
+                 WHERE status = $1 AND result_due_at < $2 ORDER BY result_due_at LIMIT $3",
+            )
+            .bind(ExecutionStatus::Running.as_str())
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
         });
-        rows.into_iter().map(Execution::try_from).collect()
+        rows.into_iter()
+            .map(|(id, runtime_node)| {
+                let corrupt = |reason: String| StoreError::Corrupt {
+                    table: "executions",
+                    id: id.clone(),
+                    reason,
+                };
+                Ok(OverdueExecution {
+                    id: ExecutionId::parse(id.as_str()).map_err(|e| corrupt(e.to_string()))?,
+                    runtime_node: runtime_node
+                        .map(|node| NodeId::parse(node).map_err(|e| corrupt(e.to_string())))
+                        .transpose()?,
+                })
+            })
+            .collect()
     }
 }

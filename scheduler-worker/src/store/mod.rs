@@ -15,6 +15,7 @@ use messages::{ErrorCode, NodeId, SessionId};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
+pub use executions::OverdueExecution;
 pub use rows::NodeRecord;
 use rows::{NodeRow, SessionRow, TemplateRow};
 
