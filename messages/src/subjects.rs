@@ -131,6 +131,11 @@ pub fn session_status(session_id: &SessionId) -> String {
     format!("sessions.status.{session_id}")
 }
 
+/// Every session's announcements, for a benchmark timing many creates with one subscription.
+pub fn session_status_all() -> &'static str {
+    "sessions.status.*"
+}
+
 /// The JetStream stream that keeps every execution's output and result for a while, so a client
 /// that starts streaming late still sees the output from its first byte.
 pub fn executions_stream() -> &'static str {

@@ -71,6 +71,11 @@ impl NatsServer {
     pub fn port(&self) -> u16 {
         self.port
     }
+
+    /// The server's process id (the benchmark reads its memory and CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for NatsServer {

@@ -106,6 +106,10 @@ impl Harness {
             advertise_ip: None,
             labels: BTreeMap::new(),
             output_limit: 1024 * 1024,
+            simulate_nodes: None,
+            simulated_start_delay: Duration::from_millis(20),
+            node_id_prefix: "sim".to_owned(),
+            simulated_images: Vec::new(),
         };
         adjust(&mut config);
         let client = async_nats::connect(nats.url())
