@@ -16,8 +16,13 @@ use serde_json::{Value, json};
 /// A template whose containers sleep until removed (the busybox test image).
 const SLEEPER: &str = "sleeper";
 
-async fn add_sleeper_template(system: &System) {
-    let image = testkit::ensure_test_image().expect("the test image is built");
+/// Builds the test image if it is missing. Called before any node starts: a node announces the
+/// images it has when it registers, and a template whose image no node has is refused.
+fn sleeper_image() -> String {
+    testkit::ensure_test_image().expect("the test image is built")
+}
+
+async fn add_sleeper_template(system: &System, image: &str) {
     let (status, body) = system
         .post_json(
             "/api/v1/templates",
@@ -288,8 +293,9 @@ async fn three_replicas_never_over_commit_and_answer_every_create() {
     const CAPACITY: usize = 4;
     const REQUESTS: usize = 200;
     let test_started = Instant::now();
+    let image = sleeper_image();
     let mut system = System::start(Options::default()).await;
-    add_sleeper_template(&system).await;
+    add_sleeper_template(&system, &image).await;
     for _ in 0..2 {
         system.start_scheduler_process(&[], "info").await;
     }
@@ -470,12 +476,13 @@ async fn a_replica_killed_mid_placement_loses_no_request_and_makes_no_duplicate(
     let test_started = Instant::now();
     // A short ack wait, so JetStream hands the dead replica's requests on within seconds
     // (the replica that creates the consumer sets it; this one is first).
+    let image = sleeper_image();
     let mut system = System::start(Options {
         scheduler_flags: vec!["--ack-wait".into(), "3s".into()],
         ..Options::default()
     })
     .await;
-    add_sleeper_template(&system).await;
+    add_sleeper_template(&system, &image).await;
     let victim = system
         .start_scheduler_process(&[], "info,sqlx::query=debug")
         .await;
@@ -643,8 +650,9 @@ async fn a_replica_killed_mid_placement_loses_no_request_and_makes_no_duplicate(
 /// another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_serve_the_same_sessions() {
+    let image = sleeper_image();
     let mut system = System::with_node().await;
-    add_sleeper_template(&system).await;
+    add_sleeper_template(&system, &image).await;
     let first = system.gateway.clone();
     let second = system.start_gateway_process().await;
     assert_ne!(first, second);

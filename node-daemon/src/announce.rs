@@ -199,6 +199,43 @@ pub(crate) async fn serve_discover(
     }
 }
 
+/// Announces the node again whenever its images change (one built or loaded after the daemon
+/// started), so the schedulers place sessions of a new image here at once instead of refusing
+/// them until the next discovery. A broken event stream is logged and followed again.
+pub(crate) async fn watch_images(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        let mut events = node.docker.image_events();
+        loop {
+            let event = tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                event = events.next() => event,
+            };
+            match event {
+                Some(Ok(_)) => match node.docker.image_tags().await {
+                    Ok(images) => {
+                        if let Err(error) = publish_registration(&node, images, None).await {
+                            tracing::warn!(%error, "announcing the node's new images failed");
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "re-reading images failed"),
+                },
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "the Docker image event stream failed; following it again");
+                    break;
+                }
+                None => break,
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(IMAGE_EVENTS_RETRY) => {}
+        }
+    }
+}
+
+/// How long to wait before following image events again after the stream broke.
+const IMAGE_EVENTS_RETRY: Duration = Duration::from_secs(1);
+
 /// Answers `runtime.cmd.<node_id>.node.ping`: a scheduler that missed this node's heartbeats
 /// asks whether the daemon is still there.
 pub(crate) async fn serve_ping(

@@ -455,6 +455,27 @@ impl DockerEngine {
     }
 }
 
+impl DockerEngine {
+    /// The engine's image events that change which images it holds (built, tagged, loaded,
+    /// removed), from now on.
+    pub fn image_events(&self) -> impl Stream<Item = Result<EventMessage, DockerError>> + use<> {
+        let filters = HashMap::from([
+            ("type", vec!["image".to_owned()]),
+            (
+                "event",
+                ["tag", "untag", "delete", "load", "import", "pull"]
+                    .map(str::to_owned)
+                    .to_vec(),
+            ),
+        ]);
+        self.docker
+            .events(Some(
+                EventsOptionsBuilder::default().filters(&filters).build(),
+            ))
+            .map(|event| event.map_err(DockerError::during("following image events")))
+    }
+}
+
 /// Turns the engine's "no such object" into `None`.
 fn found<T>(result: Result<T, DockerError>) -> Result<Option<T>, DockerError> {
     match result {

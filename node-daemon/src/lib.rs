@@ -196,6 +196,10 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         announce::serve_discover(Arc::clone(&node), discover, stop.clone()),
     );
     tasks.spawn(
+        "image-events",
+        announce::watch_images(Arc::clone(&node), stop.clone()),
+    );
+    tasks.spawn(
         "docker-events",
         events::watch_containers(Arc::clone(&node), events_since, stop.clone()),
     );

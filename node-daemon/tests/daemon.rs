@@ -2,6 +2,7 @@
 //! daemon in-process under its own node id and network, and removes what it made.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use bollard::query_parameters::KillContainerOptionsBuilder;
 use messages::node::{
@@ -388,4 +389,34 @@ async fn allocations_survive_a_daemon_restart() {
     let again = harness.create(&session_id).await;
     assert!(again.existed);
     assert_eq!(again.container_id, created.container_id);
+}
+
+#[tokio::test]
+async fn an_image_made_after_start_is_announced_at_once() {
+    let mut harness = Harness::new(|_| {}).await;
+    harness.start().await;
+    let mut registrations = harness.subscribe(subjects::nodes_register()).await;
+    let node_id = harness.node_id().clone();
+    // A new tag of the test image stands for an image built or loaded while the daemon runs.
+    let tag = format!("sandbox-test-new-{}:1", node_id.as_str().to_lowercase());
+    let tagged = std::process::Command::new("docker")
+        .args(["tag", harness.image, &tag])
+        .status()
+        .expect("docker runs");
+    assert!(tagged.success(), "docker tag failed");
+    let announced = tokio::time::timeout(Duration::from_secs(15), async {
+        next_matching(
+            &mut registrations,
+            "a registration",
+            |registration: &NodeRegistration| {
+                registration.node_id == node_id && registration.cached_images.contains(&tag)
+            },
+        )
+        .await
+    })
+    .await;
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", &tag])
+        .status();
+    assert!(announced.is_ok(), "the new image {tag} was not announced");
 }

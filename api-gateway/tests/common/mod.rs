@@ -197,6 +197,30 @@ impl ServiceProcess {
         }
     }
 
+    /// Waits until `ready` says the service is up; fails the test, with the service's log, if
+    /// it exits or takes more than 30 s.
+    pub async fn wait_until_started(
+        &mut self,
+        mut ready: impl AsyncFnMut(&ServiceProcess) -> bool,
+    ) {
+        let started = Instant::now();
+        while !ready(self).await {
+            assert!(
+                self.is_running(),
+                "{} exited at start: {}",
+                self.name,
+                self.log()
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{} not ready within 30 s: {}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
@@ -434,20 +458,11 @@ impl System {
             log,
             rust_log,
         );
-        let started = Instant::now();
-        while !process.log().contains("scheduler worker ready") {
-            assert!(
-                process.is_running(),
-                "scheduler replica {name} exited at start: {}",
-                process.log()
-            );
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "scheduler replica {name} not ready within 30 s: {}",
-                process.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        process
+            .wait_until_started(async |process: &ServiceProcess| {
+                process.log().contains("scheduler worker ready")
+            })
+            .await;
         self.service_processes.push(process);
         self.service_processes.len() - 1
     }
@@ -474,29 +489,16 @@ impl System {
             "info",
         );
         let base = format!("http://127.0.0.1:{port}");
-        let started = Instant::now();
-        loop {
-            let healthy = self
-                .http
-                .get(format!("{base}/healthz"))
-                .send()
-                .await
-                .is_ok_and(|response| response.status() == 200);
-            if healthy {
-                break;
-            }
-            assert!(
-                process.is_running(),
-                "gateway {name} exited at start: {}",
-                process.log()
-            );
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "gateway {name} not healthy within 30 s: {}",
-                process.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let http = &self.http;
+        let health = format!("{base}/healthz");
+        process
+            .wait_until_started(async |_: &ServiceProcess| {
+                http.get(&health)
+                    .send()
+                    .await
+                    .is_ok_and(|response| response.status() == 200)
+            })
+            .await;
         self.service_processes.push(process);
         base
     }
