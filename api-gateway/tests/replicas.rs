@@ -18,7 +18,7 @@ const SLEEPER: &str = "sleeper";
 
 /// Builds the test image if it is missing. Called before any node starts: a node announces the
 /// images it has when it registers, and a template whose image no node has is refused.
-fn sleeper_image() -> String {
+fn sleeper_image() -> &'static str {
     testkit::ensure_test_image().expect("the test image is built")
 }
 
@@ -295,7 +295,7 @@ async fn three_replicas_never_over_commit_and_answer_every_create() {
     let test_started = Instant::now();
     let image = sleeper_image();
     let mut system = System::start(Options::default()).await;
-    add_sleeper_template(&system, &image).await;
+    add_sleeper_template(&system, image).await;
     for _ in 0..2 {
         system.start_scheduler_process(&[], "info").await;
     }
@@ -482,7 +482,7 @@ async fn a_replica_killed_mid_placement_loses_no_request_and_makes_no_duplicate(
         ..Options::default()
     })
     .await;
-    add_sleeper_template(&system, &image).await;
+    add_sleeper_template(&system, image).await;
     let victim = system
         .start_scheduler_process(&[], "info,sqlx::query=debug")
         .await;
@@ -652,7 +652,7 @@ async fn a_replica_killed_mid_placement_loses_no_request_and_makes_no_duplicate(
 async fn two_gateways_serve_the_same_sessions() {
     let image = sleeper_image();
     let mut system = System::with_node().await;
-    add_sleeper_template(&system, &image).await;
+    add_sleeper_template(&system, image).await;
     let first = system.gateway.clone();
     let second = system.start_gateway_process().await;
     assert_ne!(first, second);
