@@ -379,28 +379,7 @@ impl System {
     /// Starts a node daemon as a child process (the real binary) with `heartbeat` as its
     /// interval, and waits until it is online.
     pub async fn start_node_process(&mut self, heartbeat: &str) -> String {
-        let node_id = testkit::unique_name("proc");
-        let args = vec![
-            "--nats-url".to_owned(),
-            self.nats.url(),
-            "--node-id".to_owned(),
-            node_id.clone(),
-            "--network".to_owned(),
-            self.network.clone(),
-            "--heartbeat-interval".to_owned(),
-            heartbeat.to_owned(),
-        ];
-        let mut process = NodeProcess {
-            log: self._dir.path().join(format!("{node_id}.log")),
-            node_id: node_id.clone(),
-            args,
-            child: None,
-        };
-        process.spawn();
-        self.processes.push(process);
-        self.node_ids.push(node_id.clone());
-        self.wait_until_online(&node_id).await;
-        node_id
+        self.start_node_process_with(heartbeat, &[]).await
     }
 
     /// Starts a node daemon process with `heartbeat` as its interval and extra flags (say,
