@@ -297,10 +297,9 @@ async fn three_replicas_never_over_commit_and_answer_every_create() {
     let mut nodes = Vec::new();
     for _ in 0..NODES {
         let node = system
-            // 3 s beats: under a 200-create burst on 2 cores a scheduler's node view can lag
-            // a few seconds (the database writes; see README "Performance"), which with 1 s
-            // beats turned nodes suspect and answered "no healthy nodes".
-            .start_node_process_with("3s", &["--max-containers", &CAPACITY.to_string()])
+            // 1 s beats: a node view that fell behind during the burst would turn nodes
+            // suspect and answer "no healthy nodes", which the test counts as a failure.
+            .start_node_process_with("1s", &["--max-containers", &CAPACITY.to_string()])
             .await;
         nodes.push(node);
     }

@@ -1,5 +1,7 @@
-//! What nodes announce. Every replica keeps its node view from registrations and heartbeats;
-//! one replica (queue group) records each announcement and container event in the database.
+//! What nodes announce. Every replica keeps its node view from registrations and heartbeats,
+//! and judges the nodes' health from it; one replica (queue group) records each announcement and
+//! container event in the database. The view's task never writes to the database, so a slow
+//! write can never hold heartbeats back and make healthy nodes look silent.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use async_nats::{Message, Subscriber};
+use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use messages::api::NodeHealth;
 use messages::node::{
-    ContainerExited, ContainerReady, DiscoverNodes, Heartbeat, NodeRegistration, NodeSelfStatus,
-    NodeUpdated, PingNode, RegistrationAccepted,
+    ContainerExited, ContainerReady, DiscoverNodes, Heartbeat, NodeRegistration, NodeUpdated,
+    PingNode, RegistrationAccepted,
 };
 use messages::session::SessionStatus;
 use messages::{ErrorBody, ErrorCode, NodeId, Reply, decode, subjects};
@@ -28,6 +31,10 @@ use crate::store::{self, NodeRecord, Transition};
 const HEALTH_SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// How long a probe of a suspect node waits for its daemon.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the latest heartbeat of each node is written to `runtime_nodes`. The views are
+/// current at once; the table is for operators' SQL, and one transaction a second costs the
+/// database the same whatever the size of the fleet.
+const HEARTBEAT_FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// What every replica hears: the source of its node view.
 #[derive(Debug)]
@@ -40,8 +47,14 @@ pub struct ViewSubscriptions {
 /// What one replica of the queue group hears: each event is recorded once.
 #[derive(Debug)]
 pub struct RecorderSubscriptions {
-    registrations: Subscriber,
-    heartbeats: Subscriber,
+    pub registrations: Subscriber,
+    pub heartbeats: Subscriber,
+    pub containers: ContainerEventSubscriptions,
+}
+
+/// The seed's container signals, recorded by one replica each.
+#[derive(Debug)]
+pub struct ContainerEventSubscriptions {
     ready: Subscriber,
     exited: Subscriber,
 }
@@ -61,12 +74,14 @@ pub async fn subscribe(
             .queue_subscribe(subjects::nodes_register(), group())
             .await?,
         heartbeats: nats.queue_subscribe(subjects::heartbeat(), group()).await?,
-        ready: nats
-            .queue_subscribe(subjects::containers_ready(), group())
-            .await?,
-        exited: nats
-            .queue_subscribe(subjects::containers_exited(), group())
-            .await?,
+        containers: ContainerEventSubscriptions {
+            ready: nats
+                .queue_subscribe(subjects::containers_ready(), group())
+                .await?,
+            exited: nats
+                .queue_subscribe(subjects::containers_exited(), group())
+                .await?,
+        },
     };
     Ok((view, recorder))
 }
@@ -83,7 +98,7 @@ fn decode_or_log<T: DeserializeOwned>(message: &Message) -> Option<T> {
     }
 }
 
-/// Keeps this replica's node view: registrations, heartbeats, and the periodic health check.
+/// Keeps this replica's node view from registrations, heartbeats and operators' changes.
 pub async fn run_view(
     scheduler: Arc<Scheduler>,
     subscriptions: ViewSubscriptions,
@@ -95,7 +110,6 @@ pub async fn run_view(
         updates: mut view_updates,
     } = subscriptions;
     let mut asked_to_announce: HashMap<NodeId, Instant> = HashMap::new();
-    let mut sweep = tokio::time::interval(HEALTH_SWEEP_EVERY);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
@@ -123,6 +137,20 @@ pub async fn run_view(
                     ask_to_announce(&scheduler, &mut asked_to_announce, heartbeat.node_id).await;
                 }
             }
+        }
+    }
+}
+
+/// Re-judges every node's health, four times a second, and acts on what changed.
+pub async fn judge_health(
+    scheduler: Arc<Scheduler>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut sweep = tokio::time::interval(HEALTH_SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
             _ = sweep.tick() => record_health_changes(&scheduler).await,
         }
     }
@@ -175,15 +203,24 @@ fn admission(
     Ok(())
 }
 
-/// The node view takes a registration if the node may join, with its declared capacity.
+/// The node view takes a registration if the node may join, with its declared capacity. What
+/// the view holds of a node it knows decides; the database is read only for a node new to the
+/// view or one it would refuse (declared since, by SQL).
 async fn view_registration(scheduler: &Scheduler, registration: NodeRegistration) {
     let node_id = registration.node_id.clone();
-    let record = match scheduler.store.get_node(&node_id).await {
-        Ok(record) => record,
-        Err(error) => {
-            tracing::warn!(node = %node_id, %error, "could not read the node's record; ignoring its registration");
-            return;
-        }
+    let known = scheduler
+        .fleet()
+        .record(&node_id, Instant::now())
+        .filter(|record| admission(scheduler, &node_id, Some(record)).is_ok());
+    let record = match known {
+        Some(record) => Some(record),
+        None => match scheduler.store.get_node(&node_id).await {
+            Ok(record) => record,
+            Err(error) => {
+                tracing::warn!(node = %node_id, %error, "could not read the node's record; ignoring its registration");
+                return;
+            }
+        },
     };
     if admission(scheduler, &node_id, record.as_ref()).is_err() {
         tracing::debug!(node = %node_id, "ignoring an undeclared node");
@@ -214,6 +251,7 @@ fn probe(scheduler: &Arc<Scheduler>, node_id: NodeId) {
 
 async fn record_health_changes(scheduler: &Arc<Scheduler>) {
     let changes = scheduler.fleet().health_changes(Instant::now());
+    let mut statuses = Vec::with_capacity(changes.len());
     for change in changes {
         let (node_id, health) = (change.node_id, change.health);
         if change.back_after_loss {
@@ -227,13 +265,12 @@ async fn record_health_changes(scheduler: &Arc<Scheduler>) {
             }
             _ => tracing::info!(node = %node_id, ?health, "node health changed"),
         }
-        if let Err(error) = scheduler
-            .store
-            .set_node_status(&node_id, health.as_str())
-            .await
-        {
-            tracing::warn!(node = %node_id, %error, "could not record node health");
-        }
+        statuses.push((node_id, health.as_str()));
+    }
+    if !statuses.is_empty()
+        && let Err(error) = scheduler.store.set_node_statuses(&statuses).await
+    {
+        tracing::warn!(nodes = statuses.len(), %error, "could not record node health");
     }
     let lost = scheduler
         .fleet()
@@ -248,42 +285,84 @@ async fn record_health_changes(scheduler: &Arc<Scheduler>) {
     }
 }
 
-/// The queue-group side: each announcement is written to the database by one replica.
-pub async fn run_recorder(
+/// Records each registration (one replica of the queue group each) and answers it.
+pub async fn record_registrations(
     scheduler: Arc<Scheduler>,
-    subscriptions: RecorderSubscriptions,
+    mut registrations: Subscriber,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let RecorderSubscriptions {
-        mut registrations,
-        mut heartbeats,
+    loop {
+        let message = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            message = registrations.next() => message,
+        };
+        let Some(message) = message else {
+            bail!("registration subscription ended")
+        };
+        if let Some(registration) = decode_or_log::<NodeRegistration>(&message) {
+            let reply = record_registration(&scheduler, registration).await;
+            if let Err(error) = bus::respond(&scheduler.nats, &message, &reply).await {
+                tracing::warn!(%error, "could not answer a registration");
+            }
+        }
+    }
+}
+
+/// Writes the heartbeats this replica receives from the queue group to `runtime_nodes`: the
+/// latest one of each node, once per [`HEARTBEAT_FLUSH_EVERY`], in one transaction.
+pub async fn record_heartbeats(
+    scheduler: Arc<Scheduler>,
+    mut heartbeats: Subscriber,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut latest: HashMap<NodeId, (Heartbeat, DateTime<Utc>)> = HashMap::new();
+    let mut flush = tokio::time::interval(HEARTBEAT_FLUSH_EVERY);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => {
+                flush_heartbeats(&scheduler, &mut latest).await;
+                return Ok(());
+            }
+            message = heartbeats.next() => {
+                let Some(message) = message else { bail!("heartbeat subscription ended") };
+                if let Some(heartbeat) = decode_or_log::<Heartbeat>(&message) {
+                    latest.insert(heartbeat.node_id.clone(), (heartbeat, store::now()));
+                }
+            }
+            _ = flush.tick() => flush_heartbeats(&scheduler, &mut latest).await,
+        }
+    }
+}
+
+/// Writes and forgets the pending heartbeats; on failure they are dropped (logged): newer ones
+/// follow within an interval.
+async fn flush_heartbeats(
+    scheduler: &Scheduler,
+    latest: &mut HashMap<NodeId, (Heartbeat, DateTime<Utc>)>,
+) {
+    if latest.is_empty() {
+        return;
+    }
+    let batch: Vec<(Heartbeat, DateTime<Utc>)> = latest.drain().map(|(_, entry)| entry).collect();
+    if let Err(error) = scheduler.store.record_heartbeats(&batch).await {
+        tracing::warn!(nodes = batch.len(), %error, "could not record heartbeats");
+    }
+}
+
+/// Records the seed's container signals (one replica of the queue group each).
+pub async fn record_container_events(
+    scheduler: Arc<Scheduler>,
+    subscriptions: ContainerEventSubscriptions,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let ContainerEventSubscriptions {
         mut ready,
         mut exited,
     } = subscriptions;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
-            Some(message) = registrations.next() => {
-                if let Some(registration) = decode_or_log::<NodeRegistration>(&message) {
-                    let reply = record_registration(&scheduler, registration).await;
-                    if let Err(error) = bus::respond(&scheduler.nats, &message, &reply).await {
-                        tracing::warn!(%error, "could not answer a registration");
-                    }
-                }
-            }
-            Some(message) = heartbeats.next() => {
-                if let Some(heartbeat) = decode_or_log::<Heartbeat>(&message) {
-                    let status = match heartbeat.status {
-                        NodeSelfStatus::Draining => NodeHealth::Draining,
-                        NodeSelfStatus::Stopping => NodeHealth::Offline,
-                        NodeSelfStatus::Online | NodeSelfStatus::Unknown => NodeHealth::Online,
-                    }
-                    .as_str();
-                    if let Err(error) = scheduler.store.record_heartbeat(&heartbeat, status, store::now()).await {
-                        tracing::warn!(node = %heartbeat.node_id, %error, "could not record heartbeat");
-                    }
-                }
-            }
             Some(message) = ready.next() => {
                 if let Some(event) = decode_or_log::<ContainerReady>(&message) {
                     container_ready(&scheduler, event).await;
@@ -294,7 +373,7 @@ pub async fn run_recorder(
                     container_exited(&scheduler, event).await;
                 }
             }
-            else => bail!("a node event subscription ended"),
+            else => bail!("a container event subscription ended"),
         }
     }
 }

@@ -20,6 +20,12 @@ use crate::store::NodeRecord;
 pub const MISSED_HEARTBEATS_OFFLINE: u32 = 3;
 /// A node is suspect (no new sessions) once this many intervals pass without a heartbeat.
 pub const MISSED_HEARTBEATS_SUSPECT: u32 = 2;
+/// Fleets up to this size are weighed whole by each placement; larger ones by a sample.
+const WEIGH_WHOLE_FLEET_UP_TO: usize = 64;
+/// How many eligible nodes a sampled placement weighs.
+const PLACEMENT_SAMPLE: usize = 8;
+/// How many random draws a sampled placement makes looking for them before it scans the fleet.
+const PLACEMENT_DRAWS: usize = 64;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Usage {
@@ -148,6 +154,15 @@ impl NodeState {
             && usage.memory_mb + resources.memory_mb <= registration.total_memory_mb
     }
 
+    /// Whether a placement of `spec` may go here: online, holding the image, not among the
+    /// nodes that refused it already, and with room.
+    fn eligible_for(&self, spec: &ContainerSpec, exclude: &[NodeId], now: Instant) -> bool {
+        self.health(now) == NodeHealth::Online
+            && holds_image(&self.registration.cached_images, &spec.image)
+            && !exclude.contains(&self.registration.node_id)
+            && self.has_room_for(&spec.resources)
+    }
+
     /// The highest of the container, CPU and memory fill ratios after adding `resources`.
     fn load_with(&self, resources: &Resources) -> f64 {
         let usage = self.usage();
@@ -256,6 +271,8 @@ pub enum HeartbeatOutcome {
 #[derive(Debug, Default)]
 pub struct Fleet {
     nodes: HashMap<NodeId, NodeState>,
+    /// Every key of `nodes`, for drawing nodes at random. Nodes are never forgotten.
+    ids: Vec<NodeId>,
 }
 
 impl Fleet {
@@ -263,8 +280,7 @@ impl Fleet {
     /// nodes' next heartbeats (and the discover request sent at start) bring it up to date.
     pub fn load(&mut self, records: Vec<NodeRecord>, now: Instant) {
         for record in records {
-            let state = NodeState::from_record(record, now);
-            self.nodes.insert(state.registration.node_id.clone(), state);
+            self.insert(NodeState::from_record(record, now));
         }
     }
 
@@ -279,10 +295,7 @@ impl Fleet {
                     declare_capacity(&mut node.registration, &record.registration);
                 }
             }
-            None => {
-                let state = NodeState::from_record(record, now);
-                self.nodes.insert(state.registration.node_id.clone(), state);
-            }
+            None => self.insert(NodeState::from_record(record, now)),
         }
     }
 
@@ -317,29 +330,34 @@ impl Fleet {
         }
         let mut reservations = self
             .nodes
-            .remove(&node_id)
-            .map(|old| old.reservations)
+            .get_mut(&node_id)
+            .map(|old| std::mem::take(&mut old.reservations))
             .unwrap_or_default();
         reservations.retain(|_, reservation| reservation.counted_after_heartbeat.is_none());
-        self.nodes.insert(
-            node_id,
-            NodeState {
-                registered_at: Utc::now(),
-                last_seen: Some(now),
-                last_heartbeat_at: None,
-                last_sequence: 0,
-                reported: Usage::default(),
-                reported_as_of: (0, false),
-                self_status: NodeSelfStatus::Online,
-                reservations,
-                announced: NodeHealth::Offline,
-                declared,
-                drained,
-                offline_since: None,
-                sessions_lost: false,
-                registration,
-            },
-        );
+        self.insert(NodeState {
+            registered_at: Utc::now(),
+            last_seen: Some(now),
+            last_heartbeat_at: None,
+            last_sequence: 0,
+            reported: Usage::default(),
+            reported_as_of: (0, false),
+            self_status: NodeSelfStatus::Online,
+            reservations,
+            announced: NodeHealth::Offline,
+            declared,
+            drained,
+            offline_since: None,
+            sessions_lost: false,
+            registration,
+        });
+    }
+
+    /// Adds or replaces a node's state.
+    fn insert(&mut self, state: NodeState) {
+        let node_id = state.registration.node_id.clone();
+        if self.nodes.insert(node_id.clone(), state).is_none() {
+            self.ids.push(node_id);
+        }
     }
 
     /// How long a replica that just started should listen before placing: long enough for the
@@ -386,11 +404,77 @@ impl Fleet {
         HeartbeatOutcome::Recorded
     }
 
-    /// Chooses a node for `spec` and holds room there. Prefers nodes that already have the
-    /// image, then the least loaded. `exclude` lists nodes that already refused this session.
+    /// Chooses a node for `spec` and holds room there: a healthy node that has the image and
+    /// room, the least loaded of those weighed. `exclude` lists nodes that already refused this
+    /// session.
+    ///
+    /// A small fleet is weighed whole. In a large one, a placement weighs a random sample of
+    /// eligible nodes and takes the least loaded of them: the cost stays flat as the fleet grows
+    /// (the view's lock is held for microseconds, not a scan of every node), the load still
+    /// evens out (the "power of d choices"), and replicas racing for the same moment rarely
+    /// pick the same node, so the nodes' admission refuses less. Only when the sample finds no
+    /// eligible node is the whole fleet scanned, which also says why none fits.
     pub fn reserve(
         &mut self,
         session_id: &SessionId,
+        spec: &ContainerSpec,
+        exclude: &[NodeId],
+        now: Instant,
+    ) -> Result<NodeId, ErrorBody> {
+        let resources = &spec.resources;
+        let node_id = match self.sample_best(spec, exclude, now) {
+            Some(node_id) => node_id,
+            None => self.scan_best(spec, exclude, now)?,
+        };
+        if let Some(node) = self.nodes.get_mut(&node_id) {
+            node.reservations.insert(
+                session_id.clone(),
+                Reservation {
+                    resources: *resources,
+                    counted_after_heartbeat: None,
+                },
+            );
+        }
+        Ok(node_id)
+    }
+
+    /// The least loaded of up to [`PLACEMENT_SAMPLE`] eligible nodes drawn at random; `None`
+    /// for a small fleet (weighed whole instead) or when the draws found no eligible node.
+    fn sample_best(
+        &self,
+        spec: &ContainerSpec,
+        exclude: &[NodeId],
+        now: Instant,
+    ) -> Option<NodeId> {
+        if self.ids.len() <= WEIGH_WHOLE_FLEET_UP_TO {
+            return None;
+        }
+        let resources = &spec.resources;
+        let mut best: Option<(f64, &NodeState)> = None;
+        let mut eligible = 0;
+        for _ in 0..PLACEMENT_DRAWS {
+            let node_id = &self.ids[fastrand::usize(..self.ids.len())];
+            let Some(node) = self.nodes.get(node_id) else {
+                continue;
+            };
+            if !node.eligible_for(spec, exclude, now) {
+                continue;
+            }
+            let load = node.load_with(resources);
+            if best.is_none_or(|(best_load, _)| load < best_load) {
+                best = Some((load, node));
+            }
+            eligible += 1;
+            if eligible == PLACEMENT_SAMPLE {
+                break;
+            }
+        }
+        best.map(|(_, node)| node.registration.node_id.clone())
+    }
+
+    /// The least loaded eligible node of the whole fleet, or why there is none.
+    fn scan_best(
+        &self,
         spec: &ContainerSpec,
         exclude: &[NodeId],
         now: Instant,
@@ -411,41 +495,31 @@ impl Fleet {
         if healthy.is_empty() {
             return Err(image_missing(&spec.image));
         }
-        let healthy: Vec<&NodeState> = healthy
-            .into_iter()
-            .filter(|node| !exclude.contains(&node.registration.node_id))
-            .collect();
         let resources = &spec.resources;
-        let best = healthy
+        let candidates: Vec<&NodeState> = healthy
             .iter()
-            .filter(|node| node.has_room_for(resources))
+            .copied()
+            .filter(|node| node.eligible_for(spec, exclude, now))
+            .collect();
+        candidates
+            .iter()
             .min_by(|a, b| {
                 a.load_with(resources)
                     .total_cmp(&b.load_with(resources))
                     .then_with(|| a.registration.node_id.cmp(&b.registration.node_id))
             })
-            .map(|node| node.registration.node_id.clone());
-        let Some(node_id) = best else {
-            return Err(ErrorBody::new(
-                ErrorCode::Capacity,
-                format!(
-                    "no healthy node has room for {} CPU and {} MB ({} healthy, all full)",
-                    resources.cpu_cores,
-                    resources.memory_mb,
-                    healthy.len()
-                ),
-            ));
-        };
-        if let Some(node) = self.nodes.get_mut(&node_id) {
-            node.reservations.insert(
-                session_id.clone(),
-                Reservation {
-                    resources: *resources,
-                    counted_after_heartbeat: None,
-                },
-            );
-        }
-        Ok(node_id)
+            .map(|node| node.registration.node_id.clone())
+            .ok_or_else(|| {
+                ErrorBody::new(
+                    ErrorCode::Capacity,
+                    format!(
+                        "no healthy node has room for {} CPU and {} MB ({} healthy, all full)",
+                        resources.cpu_cores,
+                        resources.memory_mb,
+                        healthy.len()
+                    ),
+                )
+            })
     }
 
     /// The node made the container. With the node's usage snapshot, which counts it, the room
@@ -484,6 +558,22 @@ impl Fleet {
                 node.apply_snapshot(&usage);
             }
         }
+    }
+
+    /// The view's copy of a node's record (declaration, drain flag, declared capacity), so a
+    /// node the view holds registers again without a database read.
+    pub fn record(&self, node_id: &NodeId, now: Instant) -> Option<NodeRecord> {
+        let node = self.nodes.get(node_id)?;
+        Some(NodeRecord {
+            registration: node.registration.clone(),
+            status: node.health(now).as_str().to_owned(),
+            running_containers: node.reported.containers,
+            allocated_cpu_cores: node.reported.cpu_cores,
+            allocated_memory_mb: node.reported.memory_mb,
+            last_heartbeat_at: node.last_heartbeat_at,
+            declared: node.declared,
+            drained: node.drained,
+        })
     }
 
     pub fn info(&self, node_id: &NodeId, now: Instant) -> Option<NodeInfo> {
@@ -938,5 +1028,40 @@ mod tests {
         let changes = fleet.health_changes(later);
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].health, NodeHealth::Offline);
+    }
+    #[test]
+    fn a_large_fleet_is_sampled_yet_fills_exactly_to_capacity() {
+        let now = Instant::now();
+        let mut fleet = Fleet::default();
+        // 1,000 nodes of 4 containers: a quarter without the image, a quarter stopping, so
+        // half are eligible, with room for 2,000 sessions in all.
+        for n in 0..1000 {
+            let id = format!("n{n}");
+            let images: &[&str] = if n % 4 == 0 { &[] } else { &["img"] };
+            fleet.register_plain(registration(&id, 4, images), now);
+            if n % 4 == 1 {
+                fleet.heartbeat(&heartbeat(&id, 1, 0, NodeSelfStatus::Stopping), now);
+            }
+        }
+        let mut placed: HashMap<NodeId, u32> = HashMap::new();
+        for n in 0..2000 {
+            let node = fleet
+                .reserve(&session(n), &spec(0.5), &[], now)
+                .expect("room is left");
+            let index: u32 = node.as_str()[1..].parse().expect("numbered");
+            assert!(index % 4 >= 2, "{node} is not eligible");
+            *placed.entry(node).or_default() += 1;
+        }
+        assert_eq!(placed.len(), 500, "every eligible node is used");
+        assert!(placed.values().all(|&count| count == 4));
+        let error = fleet
+            .reserve(&session(2000), &spec(0.5), &[], now)
+            .expect_err("full");
+        assert_eq!(error.code, ErrorCode::Capacity);
+        // A restarted daemon replaces its node; it is drawn no more often than before.
+        let mut restarted = registration("n2", 4, &["img"]);
+        restarted.started_at += chrono::Duration::seconds(1);
+        fleet.register_plain(restarted, now);
+        assert_eq!(fleet.ids.len(), 1000);
     }
 }

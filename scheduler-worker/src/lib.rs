@@ -80,8 +80,32 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         events::run_view(scheduler.clone(), view_subscriptions, cancel.clone()),
     );
     tasks.spawn(
-        "node-events",
-        events::run_recorder(scheduler.clone(), recorder_subscriptions, cancel.clone()),
+        "node-health",
+        events::judge_health(scheduler.clone(), cancel.clone()),
+    );
+    tasks.spawn(
+        "node-registrations",
+        events::record_registrations(
+            scheduler.clone(),
+            recorder_subscriptions.registrations,
+            cancel.clone(),
+        ),
+    );
+    tasks.spawn(
+        "heartbeat-records",
+        events::record_heartbeats(
+            scheduler.clone(),
+            recorder_subscriptions.heartbeats,
+            cancel.clone(),
+        ),
+    );
+    tasks.spawn(
+        "container-events",
+        events::record_container_events(
+            scheduler.clone(),
+            recorder_subscriptions.containers,
+            cancel.clone(),
+        ),
     );
     tasks.spawn(
         "lifetimes",

@@ -28,10 +28,7 @@ impl Scheduler {
     /// Records the session (once) and places it. Returns the session in a settled state; an
     /// `Err` means the outcome could not be recorded, and the request should be redelivered.
     pub async fn place(&self, request: &CreateSession) -> Result<Session, store::StoreError> {
-        let (session, env) = match self.store.get_session_with_env(&request.session_id).await? {
-            Some(found) => found,
-            None => self.record_new_session(request).await?,
-        };
+        let (session, env) = self.record_session(request).await?;
         if session.status.is_settled() {
             // A redelivery of work already done: say the outcome again for any waiting client.
             self.announce(&session).await;
@@ -52,7 +49,8 @@ impl Scheduler {
         self.place_on_nodes(&session.id, &spec, earlier_node).await
     }
 
-    async fn record_new_session(
+    /// Records the request's session unless an earlier delivery did; the session as recorded.
+    async fn record_session(
         &self,
         request: &CreateSession,
     ) -> Result<(Session, std::collections::BTreeMap<String, String>), store::StoreError> {
@@ -94,8 +92,11 @@ impl Scheduler {
                 expires_at: None,
             },
         };
-        self.store.insert_session_if_absent(&session, &env).await?;
-        // Another replica may have inserted it first: what the database holds is the truth.
+        if self.store.insert_session_if_absent(&session, &env).await? {
+            return Ok((session, env));
+        }
+        // A redelivery, or another replica inserted it first: what the database holds is the
+        // truth.
         Ok(self
             .store
             .get_session_with_env(&request.session_id)

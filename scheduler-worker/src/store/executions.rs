@@ -37,7 +37,7 @@ impl Store {
             ", result_due_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
              $14, $15, $16, $17, $18, $19, $20, $21)"
         );
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
             sqlx::query(sql)
                 .bind(execution.id.as_str())
                 .bind(execution.session_id.as_str())
@@ -117,7 +117,7 @@ impl Store {
         &self,
         result: &ExecutionResult,
     ) -> Result<Option<(Execution, bool)>, StoreError> {
-        let changed = on_pool!(self, pool => {
+        let changed = on_writer!(self, pool => {
             sqlx::query(
                 "UPDATE executions SET status = $2, exit_code = $3, stdout = $4, stderr = $5, \
                  truncated = $6, error = $7, state_lost = $8, return_value = $9, \

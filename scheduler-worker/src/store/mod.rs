@@ -13,7 +13,9 @@ use messages::node::{Heartbeat, NodeRegistration};
 use messages::session::{NetworkMode, Resources, Session, SessionStatus, Template};
 use messages::{ErrorCode, NodeId, SessionId};
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 pub use executions::OverdueExecution;
 pub use rows::NodeRecord;
@@ -28,6 +30,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the database writer stopped")]
+    WriterGone,
     #[error("row {table}/{id} holds an invalid value: {reason}")]
     Corrupt {
         table: &'static str,
@@ -38,15 +42,34 @@ pub enum StoreError {
 
 #[derive(Debug, Clone)]
 enum Pool {
-    Sqlite(SqlitePool),
+    /// Reads share `readers`; every write goes through the one `writer` connection. SQLite
+    /// takes one writer at a time, and a second connection that tries waits in SQLite's busy
+    /// handler, which sleeps in steps of milliseconds: queueing writers on one connection
+    /// in-process instead keeps a busy scheduler's writes at their real cost.
+    Sqlite {
+        readers: SqlitePool,
+        writer: SqlitePool,
+        /// Commits the placements' session writes in batches, on `writer`.
+        batcher: batch::Batcher,
+    },
     Postgres(PgPool),
 }
 
-/// Runs the same statement on whichever backend the store has.
+/// Runs the same read on whichever backend the store has.
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.pool {
-            Pool::Sqlite($pool) => $body,
+            Pool::Sqlite { readers: $pool, .. } => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs the same write (or a transaction) on whichever backend the store has.
+macro_rules! on_writer {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.pool {
+            Pool::Sqlite { writer: $pool, .. } => $body,
             Pool::Postgres($pool) => $body,
         }
     };
@@ -117,6 +140,60 @@ macro_rules! session_columns {
     };
 }
 
+/// The insert of a new session (unless one with its id exists), bound to its values; for
+/// either backend.
+macro_rules! insert_session_query {
+    ($session:expr, $env:expr) => {{
+        let (session, env) = ($session, $env);
+        sqlx::query(
+            "INSERT INTO sessions (id, template_id, status, runtime_node, container_id, image, \
+             cpu_cores, memory_mb, pids_limit, network, env, failure_code, failure_reason, \
+             created_at, updated_at, started_at, ended_at, timeout_seconds, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18, $19) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(session.id.as_str())
+        .bind(&session.template_id)
+        .bind(session.status.as_str())
+        .bind(session.runtime_node.as_ref().map(messages::NodeId::as_str))
+        .bind(session.container_id.as_deref())
+        .bind(&session.image)
+        .bind(session.resources.cpu_cores)
+        .bind($crate::store::rows::to_i64(session.resources.memory_mb))
+        .bind(i64::from(session.resources.pids_limit))
+        .bind(session.network.as_str())
+        .bind($crate::store::rows::to_json(env))
+        .bind(session.failure_code.map(messages::ErrorCode::as_str))
+        .bind(session.failure_reason.as_deref())
+        .bind(session.created_at)
+        .bind(session.updated_at)
+        .bind(session.started_at)
+        .bind(session.ended_at)
+        .bind($crate::store::rows::to_i64(session.timeout_seconds))
+        .bind(session.expires_at)
+    }};
+}
+
+/// A guarded session transition (the `UPDATE` of [`Store::transition`]) bound to its values; for either
+/// backend.
+macro_rules! transition_query {
+    ($sql:expr, $id:expr, $change:expr, $at:expr) => {{
+        let (id, change): (&messages::SessionId, &$crate::store::Transition) = ($id, $change);
+        sqlx::query_as(sqlx::AssertSqlSafe($sql))
+            .bind(id.as_str())
+            .bind(change.status.as_str())
+            .bind(change.runtime_node.as_ref().map(messages::NodeId::as_str))
+            .bind(change.container_id.as_deref())
+            .bind(change.failure_code.map(messages::ErrorCode::as_str))
+            .bind(change.failure_reason.as_deref())
+            .bind($at)
+    }};
+}
+
+// After the query macros, which it uses.
+mod batch;
+
 mod operations;
 
 pub use operations::LIVE;
@@ -145,13 +222,27 @@ impl Store {
                 // WAL lets readers and the one writer proceed together; the busy timeout lets
                 // several replicas on one host share the file.
                 .journal_mode(SqliteJournalMode::Wal)
-                .busy_timeout(Duration::from_secs(10));
-            Pool::Sqlite(
-                SqlitePoolOptions::new()
-                    .max_connections(8)
-                    .connect_with(options)
-                    .await?,
-            )
+                .busy_timeout(Duration::from_secs(10))
+                // In WAL mode, NORMAL syncs at checkpoints rather than at every commit: a
+                // crash of the process loses nothing, a power cut may lose the last commits.
+                // That is the durability JetStream's file store gives the requests themselves
+                // (it syncs periodically), and the node daemons' inventories reconcile what
+                // the database forgot. FULL would bound placements by the disk's fsync rate.
+                .synchronous(SqliteSynchronous::Normal);
+            let writer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options.clone())
+                .await?;
+            let readers = SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(options)
+                .await?;
+            let batcher = batch::Batcher::start(writer.clone());
+            Pool::Sqlite {
+                readers,
+                writer,
+                batcher,
+            }
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         };
@@ -163,14 +254,16 @@ impl Store {
 
     pub fn backend(&self) -> &'static str {
         match self.pool {
-            Pool::Sqlite(_) => "sqlite",
+            Pool::Sqlite { .. } => "sqlite",
             Pool::Postgres(_) => "postgres",
         }
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
         match &self.pool {
-            Pool::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
+            Pool::Sqlite { writer, .. } => {
+                sqlx::migrate!("./migrations/sqlite").run(writer).await?;
+            }
             Pool::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
         }
         Ok(())
@@ -187,7 +280,7 @@ impl Store {
     /// Adds a template unless one with its id exists; whether it was added.
     pub async fn insert_template_if_absent(&self, template: &Template) -> Result<bool, StoreError> {
         let env = rows::to_json(&template.env);
-        let added = on_pool!(self, pool => {
+        let added = on_writer!(self, pool => {
             sqlx::query(
                 "INSERT INTO templates (id, name, description, image_url, cpu_cores, memory_mb, \
                  pids_limit, network, env, timeout_seconds, warm_pool_size, created_at, updated_at) \
@@ -240,7 +333,7 @@ impl Store {
         registration: &NodeRegistration,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
             sqlx::query(
                 "INSERT INTO runtime_nodes (node_id, hostname, runtime_type, ip_address, \
                  api_endpoint, status, total_cpu_cores, total_memory_mb, max_containers, \
@@ -282,39 +375,49 @@ impl Store {
         Ok(())
     }
 
-    /// Records a heartbeat's figures on the node's row (a no-op for a node never registered).
-    pub async fn record_heartbeat(
+    /// Records the latest heartbeat of each node (with when it was received) on the nodes' rows,
+    /// in one transaction; rows of nodes never registered are left alone. The `status` column
+    /// is not touched: it is the node's health as the schedulers judge it
+    /// ([`Store::set_node_statuses`]), which a late batch must not overwrite.
+    pub async fn record_heartbeats(
         &self,
-        heartbeat: &Heartbeat,
-        status: &str,
-        at: DateTime<Utc>,
+        heartbeats: &[(Heartbeat, DateTime<Utc>)],
     ) -> Result<(), StoreError> {
-        on_pool!(self, pool => {
-            sqlx::query(
-                "UPDATE runtime_nodes SET last_heartbeat_at = $2, running_containers = $3, \
-                 allocated_cpu_cores = $4, allocated_memory_mb = $5, \
-                 status = CASE WHEN drained AND $6 = 'online' THEN 'draining' ELSE $6 END \
-                 WHERE node_id = $1",
-            )
-            .bind(heartbeat.node_id.as_str())
-            .bind(at)
-            .bind(i64::from(heartbeat.running_containers))
-            .bind(heartbeat.allocated_cpu_cores)
-            .bind(rows::to_i64(heartbeat.allocated_memory_mb))
-            .bind(status)
-            .execute(pool)
-            .await?;
+        on_writer!(self, pool => {
+            let mut transaction = pool.begin().await?;
+            for (heartbeat, at) in heartbeats {
+                sqlx::query(
+                    "UPDATE runtime_nodes SET last_heartbeat_at = $2, running_containers = $3, \
+                     allocated_cpu_cores = $4, allocated_memory_mb = $5 WHERE node_id = $1",
+                )
+                .bind(heartbeat.node_id.as_str())
+                .bind(*at)
+                .bind(i64::from(heartbeat.running_containers))
+                .bind(heartbeat.allocated_cpu_cores)
+                .bind(rows::to_i64(heartbeat.allocated_memory_mb))
+                .execute(&mut *transaction)
+                .await?;
+            }
+            transaction.commit().await?;
         });
         Ok(())
     }
 
-    pub async fn set_node_status(&self, node_id: &NodeId, status: &str) -> Result<(), StoreError> {
-        on_pool!(self, pool => {
-            sqlx::query("UPDATE runtime_nodes SET status = $2 WHERE node_id = $1")
-                .bind(node_id.as_str())
-                .bind(status)
-                .execute(pool)
-                .await?;
+    /// Records nodes' health (`online`, `suspect`, ...) in one transaction.
+    pub async fn set_node_statuses(
+        &self,
+        statuses: &[(NodeId, &'static str)],
+    ) -> Result<(), StoreError> {
+        on_writer!(self, pool => {
+            let mut transaction = pool.begin().await?;
+            for (node_id, status) in statuses {
+                sqlx::query("UPDATE runtime_nodes SET status = $2 WHERE node_id = $1")
+                    .bind(node_id.as_str())
+                    .bind(*status)
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+            transaction.commit().await?;
         });
         Ok(())
     }
@@ -334,39 +437,25 @@ impl Store {
         session: &Session,
         env: &BTreeMap<String, String>,
     ) -> Result<bool, StoreError> {
-        let result = on_pool!(self, pool => {
-            sqlx::query(
-                "INSERT INTO sessions (id, template_id, status, runtime_node, container_id, image, \
-                 cpu_cores, memory_mb, pids_limit, network, env, failure_code, failure_reason, \
-                 created_at, updated_at, started_at, ended_at, timeout_seconds, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-                 $18, $19) \
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(session.id.as_str())
-            .bind(&session.template_id)
-            .bind(session.status.as_str())
-            .bind(session.runtime_node.as_ref().map(NodeId::as_str))
-            .bind(session.container_id.as_deref())
-            .bind(&session.image)
-            .bind(session.resources.cpu_cores)
-            .bind(rows::to_i64(session.resources.memory_mb))
-            .bind(i64::from(session.resources.pids_limit))
-            .bind(session.network.as_str())
-            .bind(rows::to_json(env))
-            .bind(session.failure_code.map(ErrorCode::as_str))
-            .bind(session.failure_reason.as_deref())
-            .bind(session.created_at)
-            .bind(session.updated_at)
-            .bind(session.started_at)
-            .bind(session.ended_at)
-            .bind(rows::to_i64(session.timeout_seconds))
-            .bind(session.expires_at)
-            .execute(pool)
-            .await?
-            .rows_affected()
-        });
-        Ok(result == 1)
+        let inserted = match &self.pool {
+            Pool::Sqlite { batcher, .. } => {
+                batcher
+                    .submit(|done| batch::Write::InsertSession {
+                        session: session.clone(),
+                        env: env.clone(),
+                        done,
+                    })
+                    .await?
+            }
+            Pool::Postgres(pool) => {
+                insert_session_query!(session, env)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+                    == 1
+            }
+        };
+        Ok(inserted)
     }
 
     pub async fn get_session(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
@@ -456,25 +545,32 @@ impl Store {
              started_at = CASE WHEN $2 = 'running' THEN $7 ELSE started_at END, \
              ended_at = CASE WHEN $2 IN ('failed', 'terminated', 'lost') THEN COALESCE(ended_at, $7) \
                         ELSE ended_at END \
-             WHERE id = $1 AND status IN ({in_list})"
+             WHERE id = $1 AND status IN ({in_list}) RETURNING {}",
+            session_columns!()
         );
-        let changed = on_pool!(self, pool => {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(id.as_str())
-                .bind(change.status.as_str())
-                .bind(change.runtime_node.as_ref().map(NodeId::as_str))
-                .bind(change.container_id.as_deref())
-                .bind(change.failure_code.map(ErrorCode::as_str))
-                .bind(change.failure_reason.as_deref())
-                .bind(at)
-                .execute(pool)
-                .await?
-                .rows_affected()
-        }) == 1;
-        Ok(self
-            .get_session(id)
-            .await?
-            .map(|session| (session, changed)))
+        let updated: Option<SessionRow> = match &self.pool {
+            Pool::Sqlite { batcher, .. } => {
+                batcher
+                    .submit(|done| batch::Write::Transition {
+                        sql,
+                        id: id.clone(),
+                        change: change.clone(),
+                        at,
+                        done,
+                    })
+                    .await?
+            }
+            Pool::Postgres(pool) => {
+                transition_query!(sql, id, change, at)
+                    .fetch_optional(pool)
+                    .await?
+            }
+        };
+        match updated {
+            Some(row) => Ok(Some((row.into_session_and_env()?.0, true))),
+            // Not in one of `from` (or absent): as it is.
+            None => Ok(self.get_session(id).await?.map(|session| (session, false))),
+        }
     }
 }
 

@@ -32,7 +32,7 @@ impl Store {
         declaration: &NodeDeclaration,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
             sqlx::query(
                 "INSERT INTO runtime_nodes (node_id, hostname, runtime_type, ip_address, \
                  api_endpoint, status, total_cpu_cores, total_memory_mb, max_containers, labels, \
@@ -77,7 +77,7 @@ impl Store {
         node_id: &NodeId,
         drained: bool,
     ) -> Result<bool, StoreError> {
-        let changed = on_pool!(self, pool => {
+        let changed = on_writer!(self, pool => {
             sqlx::query("UPDATE runtime_nodes SET drained = $2 WHERE node_id = $1")
                 .bind(node_id.as_str())
                 .bind(drained)
@@ -104,7 +104,7 @@ impl Store {
         definition: &TemplateDefinition,
         at: DateTime<Utc>,
     ) -> Result<Option<Template>, StoreError> {
-        let updated = on_pool!(self, pool => {
+        let updated = on_writer!(self, pool => {
             sqlx::query(
                 "UPDATE templates SET name = $2, description = $3, image_url = $4, \
                  cpu_cores = $5, memory_mb = $6, pids_limit = $7, network = $8, env = $9, \
@@ -134,7 +134,7 @@ impl Store {
 
     /// Deletes a template and answers what it was; `None` when there is none.
     pub async fn delete_template(&self, id: &str) -> Result<Option<Template>, StoreError> {
-        let row: Option<TemplateRow> = on_pool!(self, pool => {
+        let row: Option<TemplateRow> = on_writer!(self, pool => {
             sqlx::query_as("DELETE FROM templates WHERE id = $1 RETURNING *")
                 .bind(id)
                 .fetch_optional(pool)
@@ -156,7 +156,7 @@ impl Store {
              WHERE id = $1 AND status IN ({})",
             status_list(&LIVE)
         );
-        let changed = on_pool!(self, pool => {
+        let changed = on_writer!(self, pool => {
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(id.as_str())
                 .bind(rows::to_i64(timeout_seconds))
