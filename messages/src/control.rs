@@ -125,6 +125,14 @@ pub struct DeleteTemplate {
 }
 api_request!(DeleteTemplate, ApiOp::TemplatesDelete, Template);
 
+/// On [`crate::subjects::templates_updated`]: a template was created, changed or deleted. Node
+/// daemons read the templates again at once, so a warm pool fills (or shrinks) within moments
+/// rather than at their next periodic read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TemplateUpdated {
+    pub template_id: String,
+}
+
 /// Keep a session alive: it now expires `timeout_seconds` from the moment this is handled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SetSessionTimeout {

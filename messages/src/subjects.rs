@@ -35,6 +35,11 @@ pub fn nodes_updated() -> &'static str {
     "sandbox.nodes.updated"
 }
 
+/// A template was created, changed or deleted ([`crate::control::TemplateUpdated`]).
+pub fn templates_updated() -> &'static str {
+    "sandbox.templates.updated"
+}
+
 /// The commands a node daemon answers, one verb each, on `runtime.cmd.<node_id>.<verb>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NodeVerb {

@@ -11,7 +11,7 @@ use messages::api::{
 };
 use messages::control::{
     CreateTemplate, DeclareNode, DeleteTemplate, NodeDeclaration, SetNodeDrain, SetSessionTimeout,
-    TemplateDefinition, UpdateTemplate,
+    TemplateDefinition, TemplateUpdated, UpdateTemplate,
 };
 use messages::execution::{
     Execution, ExecutionOutput, ExecutionResult, ExecutionStarted, ExecutionStatus, Language,
@@ -256,6 +256,9 @@ fn every_payload_round_trips() {
         "node docker-local is not declared",
     )));
     round_trips(NodeUpdated { node_id: node() });
+    round_trips(TemplateUpdated {
+        template_id: "python-basic".into(),
+    });
     round_trips(DeclareNode {
         declaration: NodeDeclaration {
             node_id: node(),

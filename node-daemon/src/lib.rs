@@ -112,7 +112,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     );
 
     // 7. Connect to NATS (checking it takes messages as large as a run's result) and subscribe
-    //    to this node's commands and to discovery.
+    //    to this node's commands, to discovery and to template changes.
     let nats =
         service_kit::bus::connect(&config.nats_url, &format!("node-daemon {node_id}")).await?;
     check_max_payload(&nats, config.output_limit)?;
@@ -129,6 +129,10 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         .subscribe(subjects::nodes_discover())
         .await
         .with_context(|| format!("subscribing to {}", subjects::nodes_discover()))?;
+    let template_updates = nats
+        .subscribe(subjects::templates_updated())
+        .await
+        .with_context(|| format!("subscribing to {}", subjects::templates_updated()))?;
 
     let registration = announce::registration(&config, offered, cached_images);
     let settings = Settings {
@@ -217,7 +221,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     }
     tasks.spawn(
         "warm-pools",
-        pool::maintain(Arc::clone(&node), stop.clone()),
+        pool::maintain(Arc::clone(&node), template_updates, stop.clone()),
     );
     tasks.spawn("heartbeat", announce::heartbeat(Arc::clone(&node), stop));
     tracing::info!(node_id = %node_id, "node registered");

@@ -7,6 +7,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use async_nats::Subscriber;
+use futures::StreamExt as _;
 use messages::SessionId;
 use messages::api::ListTemplates;
 use messages::session::ContainerSpec;
@@ -167,15 +169,21 @@ pub(crate) async fn discard_unclaimed(
     kept
 }
 
-/// Keeps every pool at its size until cancelled: reads the templates' pool sizes now and then,
-/// and refills after each claim.
-pub(crate) async fn maintain(node: Arc<Node>, cancel: CancellationToken) -> anyhow::Result<()> {
+/// Keeps every pool at its size until cancelled: reads the templates' pool sizes when one
+/// changes (`template_updates`) and now and then in case such news was lost, and refills after
+/// each claim.
+pub(crate) async fn maintain(
+    node: Arc<Node>,
+    mut template_updates: Subscriber,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let mut refresh = tokio::time::interval(TEMPLATES_REFRESH);
     let mut retry = false;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             _ = refresh.tick() => refresh_sizes(&node).await,
+            Some(_) = template_updates.next() => refresh_sizes(&node).await,
             () = node.pools.refill.notified() => {}
             () = tokio::time::sleep(RETRY_AFTER), if retry => {}
         }

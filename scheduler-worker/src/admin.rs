@@ -6,7 +6,7 @@ use std::time::Instant;
 use messages::api::NodeInfo;
 use messages::control::{
     CreateTemplate, DeclareNode, DeleteTemplate, MAX_WARM_POOL_SIZE, SetNodeDrain,
-    SetSessionTimeout, TemplateDefinition, UpdateTemplate, check_capacity,
+    SetSessionTimeout, TemplateDefinition, TemplateUpdated, UpdateTemplate, check_capacity,
 };
 use messages::node::{DiscoverNodes, NodeUpdated};
 use messages::session::{Session, Template, check_timeout, is_env_name, is_image_reference};
@@ -170,6 +170,7 @@ impl Scheduler {
                 format!("template '{}' exists; change it with PUT", definition.id),
             ));
         }
+        self.template_changed(&definition.id).await;
         self.read_template(&definition.id).await
     }
 
@@ -179,22 +180,39 @@ impl Scheduler {
     ) -> Result<Template, ErrorBody> {
         let definition = request.definition;
         check_template(&definition)?;
-        self.store
+        let template = self
+            .store
             .update_template(&definition, store::now())
             .await
             .map_err(internal)?
-            .ok_or_else(|| template_not_found(&definition.id))
+            .ok_or_else(|| template_not_found(&definition.id))?;
+        self.template_changed(&template.id).await;
+        Ok(template)
     }
 
     pub(crate) async fn api_delete_template(
         &self,
         request: DeleteTemplate,
     ) -> Result<Template, ErrorBody> {
-        self.store
+        let template = self
+            .store
             .delete_template(&request.template_id)
             .await
             .map_err(internal)?
-            .ok_or_else(|| template_not_found(&request.template_id))
+            .ok_or_else(|| template_not_found(&request.template_id))?;
+        self.template_changed(&template.id).await;
+        Ok(template)
+    }
+
+    /// Tells the node daemons a template changed, so their warm pools follow at once. Losing
+    /// this message only delays that until their next periodic read.
+    async fn template_changed(&self, template_id: &str) {
+        let update = TemplateUpdated {
+            template_id: template_id.to_owned(),
+        };
+        if let Err(error) = bus::publish(&self.nats, subjects::templates_updated(), &update).await {
+            tracing::warn!(template_id, %error, "could not announce a template change");
+        }
     }
 
     async fn read_template(&self, id: &str) -> Result<Template, ErrorBody> {
