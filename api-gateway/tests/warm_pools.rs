@@ -8,32 +8,17 @@ use std::time::{Duration, Instant};
 
 use common::{System, require_executor_image};
 use futures::StreamExt as _;
-use messages::labels;
 use messages::node::Heartbeat;
 use sandbox_ops::testkit;
 use serde_json::json;
 
 const POOL_SIZE: usize = 2;
 
-/// The running, unclaimed warm containers of `template_id`.
-async fn warm_containers(template_id: &str) -> Vec<String> {
-    testkit::containers_labelled(labels::WARM_POOL, template_id)
-        .await
-        .expect("containers listed")
-        .into_iter()
-        .filter(|container| {
-            container.state.as_ref().map(ToString::to_string).as_deref() == Some("running")
-                && container.names.as_ref().is_some_and(|names| {
-                    names.iter().any(|name| name.starts_with("/sandbox-pool-"))
-                })
-        })
-        .filter_map(|container| container.id)
-        .collect()
-}
-
 async fn wait_for_full_pool(template_id: &str) -> Vec<String> {
     for _ in 0..300 {
-        let warm = warm_containers(template_id).await;
+        let warm = testkit::warm_containers(template_id)
+            .await
+            .expect("containers listed");
         if warm.len() == POOL_SIZE {
             return warm;
         }

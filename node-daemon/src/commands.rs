@@ -158,6 +158,15 @@ async fn create_container(
 ) -> Result<ContainerCreated, ErrorBody> {
     check_request(&command)?;
     let session_id = &command.session_id;
+    // A session this node holds nothing for takes a warm container at once, with one engine
+    // call (the rename): the ledger knows every container of this node, so there is no earlier
+    // create to answer for, and a pooled container of this exact spec proves the image is here.
+    if !node.ledger().knows(session_id)
+        && let Some(container_id) = pool::claim(node, session_id, &command.spec).await
+    {
+        tracing::info!(container_id, "claimed a warm container");
+        return Ok(announce_ready(node, command, container_id).await);
+    }
     let name = session_id.container_name();
     if let Some(existing) = node.docker.inspect(&name).await? {
         return run_existing(node, session_id, existing).await;
@@ -171,10 +180,6 @@ async fn create_container(
                 node.id
             ),
         ));
-    }
-    if let Some(container_id) = pool::claim(node, session_id, &command.spec).await {
-        tracing::info!(container_id, "claimed a warm container");
-        return Ok(announce_ready(node, command, container_id).await);
     }
     let sandbox = SandboxContainer {
         session_id,

@@ -193,6 +193,11 @@ impl Ledger {
         Ok(Admission::Reserved)
     }
 
+    /// Whether the session has anything here: a container (running or exited) or a reservation.
+    pub fn knows(&self, session_id: &SessionId) -> bool {
+        self.allocations.contains_key(session_id)
+    }
+
     /// Whether `count` more containers of `demand` each would fit next to what is allocated.
     pub fn has_room_for(&self, demand: Demand, count: u32) -> bool {
         let usage = self.usage();

@@ -14,6 +14,7 @@ use messages::api::ListTemplates;
 use messages::session::ContainerSpec;
 use service_kit::bus;
 use tokio::sync::Notify;
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::commands;
@@ -23,6 +24,8 @@ use crate::node::Node;
 
 /// How often the templates' pool sizes are read from the control plane.
 const TEMPLATES_REFRESH: Duration = Duration::from_secs(10);
+/// Over how long the nodes spread their reads of the templates after a template changed.
+const TEMPLATE_NEWS_SPREAD: Duration = Duration::from_secs(1);
 /// How long the refill waits after a pass that could not fill every pool (no room, no image).
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// How long a request for the templates may take.
@@ -92,10 +95,14 @@ pub(crate) async fn claim(
             .await
         {
             Ok(()) => return Some(warm.container_id),
+            // The name is taken (a stopped container of the session from before a restart, the
+            // ledger's one blind spot) or the engine failed: the usual path decides, and no
+            // other warm container is spent on it.
             Err(error) => {
                 tracing::warn!(%error, "could not claim a warm container; removing it");
                 node.ledger().forget(session_id, &warm.container_id);
                 remove(&node.docker, &warm.container_id).await;
+                return None;
             }
         }
     }
@@ -179,11 +186,27 @@ pub(crate) async fn maintain(
 ) -> anyhow::Result<()> {
     let mut refresh = tokio::time::interval(TEMPLATES_REFRESH);
     let mut retry = false;
+    // When a template change was heard, the moment this node reads the templates.
+    let mut refresh_after_news: Option<Instant> = None;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             _ = refresh.tick() => refresh_sizes(&node).await,
-            Some(_) = template_updates.next() => refresh_sizes(&node).await,
+            Some(_) = template_updates.next() => {
+                // Every node hears the news at once: each reads after its own random pause, so
+                // a large fleet does not ask at the same moment, and changes in quick
+                // succession cost one read.
+                refresh_after_news.get_or_insert_with(|| {
+                    Instant::now() + TEMPLATE_NEWS_SPREAD.mul_f64(fastrand::f64())
+                });
+                continue;
+            }
+            () = sleep_until(refresh_after_news.unwrap_or_else(Instant::now)),
+                if refresh_after_news.is_some() =>
+            {
+                refresh_after_news = None;
+                refresh_sizes(&node).await;
+            }
             () = node.pools.refill.notified() => {}
             () = tokio::time::sleep(RETRY_AFTER), if retry => {}
         }

@@ -247,6 +247,24 @@ pub async fn containers_labelled(
     Ok(docker.list_containers(Some(options)).await?)
 }
 
+/// The ids of the running, unclaimed warm containers of `template_id` (on any node of this
+/// engine).
+pub async fn warm_containers(template_id: &str) -> anyhow::Result<Vec<String>> {
+    Ok(
+        containers_labelled(messages::labels::WARM_POOL, template_id)
+            .await?
+            .into_iter()
+            .filter(|container| {
+                container.state.as_ref().map(ToString::to_string).as_deref() == Some("running")
+                    && container.names.as_ref().is_some_and(|names| {
+                        names.iter().any(|name| name.starts_with("/sandbox-pool-"))
+                    })
+            })
+            .filter_map(|container| container.id)
+            .collect(),
+    )
+}
+
 /// Removes every container labelled with `node_id` and the network `network`, so a test leaves
 /// no Docker objects behind even when it failed half-way.
 pub async fn remove_docker_objects(node_id: &str, network: &str) -> anyhow::Result<()> {

@@ -3,7 +3,7 @@
 //! container event in the database. The view's task never writes to the database, so a slow
 //! write can never hold heartbeats back and make healthy nodes look silent.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -148,10 +148,12 @@ pub async fn judge_health(
 ) -> anyhow::Result<()> {
     let mut sweep = tokio::time::interval(HEALTH_SWEEP_EVERY);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Health not yet written (the write failed): tried again with the next sweep's changes.
+    let mut unrecorded = BTreeMap::new();
     loop {
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
-            _ = sweep.tick() => record_health_changes(&scheduler).await,
+            _ = sweep.tick() => record_health_changes(&scheduler, &mut unrecorded).await,
         }
     }
 }
@@ -203,15 +205,17 @@ fn admission(
     Ok(())
 }
 
-/// The node view takes a registration if the node may join, with its declared capacity. What
-/// the view holds of a node it knows decides; the database is read only for a node new to the
-/// view or one it would refuse (declared since, by SQL).
+/// The node view takes a registration if the node may join, with its declared capacity. In
+/// dynamic mode what the view holds of a node it knows decides, so a fleet registering at once
+/// costs no database reads but for new nodes; in static mode the database, where declarations
+/// live, always decides (a declaration changed by SQL, or news of it lost, must not let a node
+/// in).
 async fn view_registration(scheduler: &Scheduler, registration: NodeRegistration) {
     let node_id = registration.node_id.clone();
-    let known = scheduler
-        .fleet()
-        .record(&node_id, Instant::now())
-        .filter(|record| admission(scheduler, &node_id, Some(record)).is_ok());
+    let known = match scheduler.config.registration_mode {
+        RegistrationMode::Dynamic => scheduler.fleet().record(&node_id, Instant::now()),
+        RegistrationMode::Static => None,
+    };
     let record = match known {
         Some(record) => Some(record),
         None => match scheduler.store.get_node(&node_id).await {
@@ -249,9 +253,13 @@ fn probe(scheduler: &Arc<Scheduler>, node_id: NodeId) {
     });
 }
 
-async fn record_health_changes(scheduler: &Arc<Scheduler>) {
+/// Acts on the nodes whose health changed and writes their health (with any left `unrecorded`
+/// by a failed write before, in `node_id` order); then marks the sessions of nodes lost.
+async fn record_health_changes(
+    scheduler: &Arc<Scheduler>,
+    unrecorded: &mut BTreeMap<NodeId, &'static str>,
+) {
     let changes = scheduler.fleet().health_changes(Instant::now());
-    let mut statuses = Vec::with_capacity(changes.len());
     for change in changes {
         let (node_id, health) = (change.node_id, change.health);
         if change.back_after_loss {
@@ -265,12 +273,19 @@ async fn record_health_changes(scheduler: &Arc<Scheduler>) {
             }
             _ => tracing::info!(node = %node_id, ?health, "node health changed"),
         }
-        statuses.push((node_id, health.as_str()));
+        unrecorded.insert(node_id, health.as_str());
     }
-    if !statuses.is_empty()
-        && let Err(error) = scheduler.store.set_node_statuses(&statuses).await
-    {
-        tracing::warn!(nodes = statuses.len(), %error, "could not record node health");
+    if !unrecorded.is_empty() {
+        let statuses: Vec<(NodeId, &'static str)> = unrecorded
+            .iter()
+            .map(|(node_id, status)| (node_id.clone(), *status))
+            .collect();
+        match scheduler.store.set_node_statuses(&statuses).await {
+            Ok(()) => unrecorded.clear(),
+            Err(error) => {
+                tracing::warn!(nodes = statuses.len(), %error, "could not record node health; will retry");
+            }
+        }
     }
     let lost = scheduler
         .fleet()
@@ -315,7 +330,7 @@ pub async fn record_heartbeats(
     mut heartbeats: Subscriber,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut latest: HashMap<NodeId, (Heartbeat, DateTime<Utc>)> = HashMap::new();
+    let mut latest: BTreeMap<NodeId, (Heartbeat, DateTime<Utc>)> = BTreeMap::new();
     let mut flush = tokio::time::interval(HEARTBEAT_FLUSH_EVERY);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -339,12 +354,13 @@ pub async fn record_heartbeats(
 /// follow within an interval.
 async fn flush_heartbeats(
     scheduler: &Scheduler,
-    latest: &mut HashMap<NodeId, (Heartbeat, DateTime<Utc>)>,
+    latest: &mut BTreeMap<NodeId, (Heartbeat, DateTime<Utc>)>,
 ) {
     if latest.is_empty() {
         return;
     }
-    let batch: Vec<(Heartbeat, DateTime<Utc>)> = latest.drain().map(|(_, entry)| entry).collect();
+    // In `node_id` order, as the store asks.
+    let batch: Vec<(Heartbeat, DateTime<Utc>)> = std::mem::take(latest).into_values().collect();
     if let Err(error) = scheduler.store.record_heartbeats(&batch).await {
         tracing::warn!(nodes = batch.len(), %error, "could not record heartbeats");
     }

@@ -412,8 +412,8 @@ impl Fleet {
     /// eligible nodes and takes the least loaded of them: the cost stays flat as the fleet grows
     /// (the view's lock is held for microseconds, not a scan of every node), the load still
     /// evens out (the "power of d choices"), and replicas racing for the same moment rarely
-    /// pick the same node, so the nodes' admission refuses less. Only when the sample finds no
-    /// eligible node is the whole fleet scanned, which also says why none fits.
+    /// pick the same node, so the nodes' admission refuses less. When the draws find fewer than
+    /// two eligible nodes the whole fleet is scanned, which also says why none fits.
     pub fn reserve(
         &mut self,
         session_id: &SessionId,
@@ -439,7 +439,7 @@ impl Fleet {
     }
 
     /// The least loaded of up to [`PLACEMENT_SAMPLE`] eligible nodes drawn at random; `None`
-    /// for a small fleet (weighed whole instead) or when the draws found no eligible node.
+    /// for a small fleet (weighed whole instead) or when the draws found fewer than two.
     fn sample_best(
         &self,
         spec: &ContainerSpec,
@@ -468,6 +468,11 @@ impl Fleet {
             if eligible == PLACEMENT_SAMPLE {
                 break;
             }
+        }
+        // One eligible node drawn is no comparison: where eligible nodes are that sparse, the
+        // scan weighs them all.
+        if eligible < 2 {
+            return None;
         }
         best.map(|(_, node)| node.registration.node_id.clone())
     }

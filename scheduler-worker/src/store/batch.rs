@@ -18,13 +18,15 @@ use super::{StoreError, Transition};
 /// The most writes one transaction carries.
 const MAX_BATCH: usize = 256;
 
-/// A write waiting for its batch, and where its outcome goes once committed.
+/// A write waiting for its batch, where its outcome goes once committed, and (after it ran)
+/// what it produced.
 #[derive(Debug)]
 pub(super) enum Write {
     InsertSession {
         session: Session,
         env: BTreeMap<String, String>,
         done: oneshot::Sender<Result<bool, StoreError>>,
+        inserted: bool,
     },
     Transition {
         /// The guarded `UPDATE ... RETURNING` (its `IN` list depends on the call).
@@ -33,6 +35,7 @@ pub(super) enum Write {
         change: Transition,
         at: DateTime<Utc>,
         done: oneshot::Sender<Result<Option<SessionRow>, StoreError>>,
+        row: Option<Box<SessionRow>>,
     },
 }
 
@@ -70,91 +73,107 @@ impl Batcher {
 async fn run(writer: SqlitePool, mut writes: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while writes.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if batch.len() > 1 {
-            match apply_together(&writer, &batch).await {
-                Ok(produced) => {
-                    for (write, produced) in batch.drain(..).zip(produced) {
-                        write.reply(Ok(produced));
-                    }
-                    continue;
-                }
-                // Nothing of the batch was kept: each write is tried on its own, so one bad
-                // write fails alone.
-                Err(error) => {
-                    tracing::debug!(%error, writes = batch.len(), "a write batch failed; writing one by one");
-                }
+        if batch.len() == 1 {
+            apply_alone(&writer, &mut batch).await;
+            continue;
+        }
+        match apply_together(&writer, &mut batch).await {
+            Ok(()) => batch.drain(..).for_each(|write| write.reply(Ok(()))),
+            // A statement refused (a constraint, a bad value): nothing of the batch was kept,
+            // and each write is tried on its own, so one bad write fails alone.
+            Err(error) if refused_statement(&error) => {
+                tracing::debug!(%error, writes = batch.len(), "a write batch failed; writing one by one");
+                apply_alone(&writer, &mut batch).await;
+            }
+            // The database itself failed (busy, locked, I/O, no connection): so would each
+            // write, one busy timeout after another.
+            Err(error) => {
+                let reason = error.to_string();
+                batch
+                    .drain(..)
+                    .for_each(|write| write.reply(Err(StoreError::BatchFailed(reason.clone()))));
             }
         }
-        for write in batch.drain(..) {
-            let produced = write.execute(&writer).await;
-            write.reply(produced);
-        }
+    }
+}
+
+/// Whether `error` is one statement's refusal rather than a failure of the database.
+fn refused_statement(error: &sqlx::Error) -> bool {
+    // SQLITE_BUSY and SQLITE_LOCKED, with their extended codes (the low byte).
+    const BUSY: i64 = 5;
+    const LOCKED: i64 = 6;
+    match error {
+        sqlx::Error::Database(error) => error
+            .code()
+            .and_then(|code| code.parse::<i64>().ok())
+            .is_none_or(|code| !matches!(code & 0xff, BUSY | LOCKED)),
+        _ => false,
     }
 }
 
 /// Runs the writes in one transaction and commits it; on any error it is rolled back.
-async fn apply_together(
-    writer: &SqlitePool,
-    batch: &[Write],
-) -> Result<Vec<Produced>, sqlx::Error> {
+async fn apply_together(writer: &SqlitePool, batch: &mut [Write]) -> Result<(), sqlx::Error> {
     let mut transaction = writer.begin().await?;
-    let mut produced = Vec::with_capacity(batch.len());
-    for write in batch {
-        produced.push(write.execute(&mut *transaction).await?);
+    for write in batch.iter_mut() {
+        write.execute(&mut *transaction).await?;
     }
-    transaction.commit().await?;
-    Ok(produced)
+    transaction.commit().await
 }
 
-/// What a write produced, until it is committed and its caller told.
-enum Produced {
-    Inserted(bool),
-    Row(Option<Box<SessionRow>>),
+/// Commits each write in its own transaction, and answers it.
+async fn apply_alone(writer: &SqlitePool, batch: &mut Vec<Write>) {
+    for mut write in batch.drain(..) {
+        let outcome = write.execute(writer).await.map_err(StoreError::from);
+        write.reply(outcome);
+    }
 }
 
 impl Write {
-    async fn execute<'c, E>(&self, executor: E) -> Result<Produced, sqlx::Error>
+    /// Runs the statement and keeps what it produced for [`Write::reply`].
+    async fn execute<'c, E>(&mut self, executor: E) -> Result<(), sqlx::Error>
     where
         E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
     {
         match self {
-            Write::InsertSession { session, env, .. } => {
-                let inserted = insert_session_query!(session, env)
+            Write::InsertSession {
+                session,
+                env,
+                inserted,
+                ..
+            } => {
+                *inserted = insert_session_query!(&*session, &*env)
                     .execute(executor)
                     .await?
                     .rows_affected()
                     == 1;
-                Ok(Produced::Inserted(inserted))
             }
             Write::Transition {
                 sql,
                 id,
                 change,
                 at,
+                row,
                 ..
             } => {
-                let row: Option<SessionRow> = transition_query!(sql.as_str(), id, change, *at)
-                    .fetch_optional(executor)
-                    .await?;
-                Ok(Produced::Row(row.map(Box::new)))
+                let updated: Option<SessionRow> =
+                    transition_query!(sql.as_str(), &*id, &*change, *at)
+                        .fetch_optional(executor)
+                        .await?;
+                *row = updated.map(Box::new);
             }
         }
+        Ok(())
     }
 
-    /// Tells the waiting caller; one that stopped waiting is no concern.
-    fn reply(self, produced: Result<Produced, sqlx::Error>) {
+    /// Tells the waiting caller the outcome (what the write produced, once committed); a caller
+    /// that stopped waiting is no concern.
+    fn reply(self, outcome: Result<(), StoreError>) {
         match self {
-            Write::InsertSession { done, .. } => {
-                let inserted =
-                    produced.map(|produced| matches!(produced, Produced::Inserted(true)));
-                let _ = done.send(inserted.map_err(StoreError::from));
+            Write::InsertSession { done, inserted, .. } => {
+                let _ = done.send(outcome.map(|()| inserted));
             }
-            Write::Transition { done, .. } => {
-                let row = produced.map(|produced| match produced {
-                    Produced::Row(row) => row.map(|row| *row),
-                    Produced::Inserted(_) => None,
-                });
-                let _ = done.send(row.map_err(StoreError::from));
+            Write::Transition { done, row, .. } => {
+                let _ = done.send(outcome.map(|()| row.map(|row| *row)));
             }
         }
     }

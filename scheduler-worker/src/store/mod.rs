@@ -32,6 +32,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the database writer stopped")]
     WriterGone,
+    #[error("a batch of database writes failed: {0}")]
+    BatchFailed(String),
     #[error("row {table}/{id} holds an invalid value: {reason}")]
     Corrupt {
         table: &'static str,
@@ -326,8 +328,9 @@ impl Store {
         rows.into_iter().map(Template::try_from).collect()
     }
 
-    /// Records a node's registration, keeping its heartbeat fields. A declared node keeps its
-    /// declared capacity; a node new to the table is recorded as not declared.
+    /// Records a node's registration, keeping its heartbeat fields and its status (the health the
+    /// schedulers judge, [`Store::set_node_statuses`]). A declared node keeps its declared
+    /// capacity; a node new to the table is recorded as not declared and online.
     pub async fn upsert_node(
         &self,
         registration: &NodeRegistration,
@@ -343,7 +346,7 @@ impl Store {
                  FALSE) \
                  ON CONFLICT (node_id) DO UPDATE SET hostname = excluded.hostname, \
                  runtime_type = excluded.runtime_type, ip_address = excluded.ip_address, \
-                 api_endpoint = excluded.api_endpoint, status = 'online', \
+                 api_endpoint = excluded.api_endpoint, \
                  total_cpu_cores = CASE WHEN runtime_nodes.declared \
                    THEN runtime_nodes.total_cpu_cores ELSE excluded.total_cpu_cores END, \
                  total_memory_mb = CASE WHEN runtime_nodes.declared \
@@ -376,9 +379,12 @@ impl Store {
     }
 
     /// Records the latest heartbeat of each node (with when it was received) on the nodes' rows,
-    /// in one transaction; rows of nodes never registered are left alone. The `status` column
-    /// is not touched: it is the node's health as the schedulers judge it
-    /// ([`Store::set_node_statuses`]), which a late batch must not overwrite.
+    /// in one transaction; rows of nodes never registered are left alone, and so is a row that
+    /// holds a later heartbeat (from another replica's batch). The `status` column is not
+    /// touched: it is the node's health as the schedulers judge it
+    /// ([`Store::set_node_statuses`]), which a late batch must not overwrite. Callers pass the
+    /// rows in `node_id` order, so replicas writing the same rows on PostgreSQL take their row
+    /// locks in one order and never deadlock.
     pub async fn record_heartbeats(
         &self,
         heartbeats: &[(Heartbeat, DateTime<Utc>)],
@@ -388,7 +394,9 @@ impl Store {
             for (heartbeat, at) in heartbeats {
                 sqlx::query(
                     "UPDATE runtime_nodes SET last_heartbeat_at = $2, running_containers = $3, \
-                     allocated_cpu_cores = $4, allocated_memory_mb = $5 WHERE node_id = $1",
+                     allocated_cpu_cores = $4, allocated_memory_mb = $5 \
+                     WHERE node_id = $1 \
+                     AND (last_heartbeat_at IS NULL OR last_heartbeat_at < $2)",
                 )
                 .bind(heartbeat.node_id.as_str())
                 .bind(*at)
@@ -403,7 +411,8 @@ impl Store {
         Ok(())
     }
 
-    /// Records nodes' health (`online`, `suspect`, ...) in one transaction.
+    /// Records nodes' health (`online`, `suspect`, ...) in one transaction; callers pass the rows
+    /// in `node_id` order (see [`Store::record_heartbeats`]).
     pub async fn set_node_statuses(
         &self,
         statuses: &[(NodeId, &'static str)],
@@ -444,6 +453,7 @@ impl Store {
                         session: session.clone(),
                         env: env.clone(),
                         done,
+                        inserted: false,
                     })
                     .await?
             }
@@ -557,6 +567,7 @@ impl Store {
                         change: change.clone(),
                         at,
                         done,
+                        row: None,
                     })
                     .await?
             }
