@@ -243,8 +243,18 @@ async fn behaves_as_designed(store: &Store) {
         node_id: NodeId::parse("never-registered").expect("valid"),
         ..heartbeat.clone()
     };
+    let received = base + chrono::Duration::seconds(1);
     store
-        .record_heartbeats(&[(heartbeat, base), (never_registered, base)])
+        .record_heartbeats(&[(heartbeat.clone(), received), (never_registered, received)])
+        .await
+        .expect("records");
+    // Another replica's batch holding an older heartbeat changes nothing.
+    let older = Heartbeat {
+        running_containers: 0,
+        ..heartbeat
+    };
+    store
+        .record_heartbeats(&[(older, base)])
         .await
         .expect("records");
     let nodes = store.list_nodes().await.expect("lists");
@@ -257,7 +267,7 @@ async fn behaves_as_designed(store: &Store) {
         (node.running_containers, node.allocated_memory_mb),
         (2, 768)
     );
-    assert_eq!(node.last_heartbeat_at, Some(base));
+    assert_eq!(node.last_heartbeat_at, Some(received));
     assert_eq!(node.status, "offline");
     assert!(
         !nodes[0].declared,
