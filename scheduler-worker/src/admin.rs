@@ -207,6 +207,7 @@ impl Scheduler {
     /// Tells the node daemons a template changed, so their warm pools follow at once. Losing
     /// this message only delays that until their next periodic read.
     async fn template_changed(&self, template_id: &str) {
+        self.forget_template(template_id);
         let update = TemplateUpdated {
             template_id: template_id.to_owned(),
         };

@@ -55,7 +55,7 @@ impl Scheduler {
         request: &CreateSession,
     ) -> Result<(Session, std::collections::BTreeMap<String, String>), store::StoreError> {
         let now = store::now();
-        let template = self.store.get_template(&request.template_id).await?;
+        let template = self.template_for_placement(&request.template_id).await?;
         let mut env = template
             .as_ref()
             .map(|template| template.env.clone())

@@ -1,17 +1,22 @@
 //! The state one scheduler replica works with: its NATS client, the database and its node view.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::Client;
 use messages::node::{ContainerRemoved, RemoveContainer};
-use messages::session::Session;
+use messages::session::{Session, Template};
 use messages::{NodeId, SessionId, subjects};
 use service_kit::bus::{self, BusError};
 
 use crate::config::Config;
 use crate::fleet::Fleet;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+
+/// How long a placement may use a template as read before: a second's delay for a change made
+/// through another replica, for one database read per template per second in a burst.
+const TEMPLATE_FRESHNESS: Duration = Duration::from_secs(1);
 
 /// Shared by every task of a replica.
 #[derive(Debug)]
@@ -21,6 +26,8 @@ pub struct Scheduler {
     pub(crate) config: Config,
     /// Shared with background removals, which update it when the node answers.
     fleet: Arc<Mutex<Fleet>>,
+    /// Templates as read lately, so a burst of placements does not read the same row for each.
+    templates: Mutex<HashMap<String, (Template, Instant)>>,
 }
 
 impl Scheduler {
@@ -30,7 +37,42 @@ impl Scheduler {
             store,
             config,
             fleet: Arc::new(Mutex::new(fleet)),
+            templates: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The template a placement is made from: as read within the last [`TEMPLATE_FRESHNESS`],
+    /// else from the database. A change made through this replica is seen at once (it forgets
+    /// its copy); one made through another replica within that second.
+    pub(crate) async fn template_for_placement(
+        &self,
+        id: &str,
+    ) -> Result<Option<Template>, StoreError> {
+        let now = Instant::now();
+        if let Some((template, _)) = self
+            .template_copies()
+            .get(id)
+            .filter(|(_, read_at)| now.duration_since(*read_at) < TEMPLATE_FRESHNESS)
+        {
+            return Ok(Some(template.clone()));
+        }
+        let template = self.store.get_template(id).await?;
+        if let Some(template) = &template {
+            self.template_copies()
+                .insert(id.to_owned(), (template.clone(), now));
+        }
+        Ok(template)
+    }
+
+    /// Forgets this replica's copy of a template that was just changed or deleted.
+    pub(crate) fn forget_template(&self, id: &str) {
+        self.template_copies().remove(id);
+    }
+
+    fn template_copies(&self) -> MutexGuard<'_, HashMap<String, (Template, Instant)>> {
+        self.templates
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The node view. Held only for short synchronous updates, never across an await.
