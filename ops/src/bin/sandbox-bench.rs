@@ -56,8 +56,9 @@ struct Args {
     /// Scheduler replica counts for the placement runs.
     #[arg(long, default_value = "1,2", value_delimiter = ',')]
     replicas: Vec<usize>,
-    /// Sessions placed per (fleet size, replicas) run.
-    #[arg(long, default_value_t = 2000)]
+    /// Sessions placed per (fleet size, replicas) run: a few seconds of work, so the figure is
+    /// the steady rate rather than the first burst's ramp.
+    #[arg(long, default_value_t = 6000)]
     placements: usize,
     /// Creates in flight at once during a placement run.
     #[arg(long, default_value_t = 512)]
