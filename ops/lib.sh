@@ -119,6 +119,20 @@ require_docker() {
     fi
 }
 
+# prepare_release: what running from the release binaries needs, each step timed: the missing
+# packages, Docker, the executor image, the release build.
+prepare_release() {
+    run_step "install missing packages" bash "$SANDBOX_OPS_DIR/install-deps.sh" ||
+        die "installing the dependencies failed"
+    require_docker
+    run_step "executor image" bash "$SANDBOX_OPS_DIR/images/build.sh" ||
+        die "building the sandbox-executor image failed"
+    require_cmd cargo "install the Rust toolchain (rustup)"
+    run_step "cargo build --release --bins" \
+        env -C "$SANDBOX_REPO_ROOT" cargo build --release --bins ||
+        die "the build failed (see above)"
+}
+
 # Cargo's target folder, as an absolute path (CARGO_TARGET_DIR is relative to the repo root).
 cargo_target_dir() {
     local dir="${CARGO_TARGET_DIR:-target}"

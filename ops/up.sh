@@ -130,15 +130,7 @@ check_ports
 # --- prepare ----------------------------------------------------------------------------------
 total_start="$(now_us)"
 if [[ "$SKIP_PREPARE" != 1 ]]; then
-    run_step "install missing packages" bash "$SANDBOX_OPS_DIR/install-deps.sh" ||
-        die "installing the dependencies failed"
-    require_docker
-    run_step "executor image" bash "$SANDBOX_OPS_DIR/images/build.sh" ||
-        die "building the sandbox-executor image failed"
-    require_cmd cargo "install the Rust toolchain (rustup)"
-    run_step "cargo build --release --bins" \
-        env -C "$SANDBOX_REPO_ROOT" cargo build --release --bins ||
-        die "the build failed (see above)"
+    prepare_release
 else
     require_docker
 fi

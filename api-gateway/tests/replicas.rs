@@ -33,6 +33,20 @@ async fn add_sleeper_template(system: &System, image: &str) {
 }
 
 /// `POST {base}/api/v1/sessions` (with `?wait=false` unless `wait`): status and JSON body.
+/// Starts `count` node daemons of `capacity` containers each. 1 s beats: a node view that fell
+/// behind during a burst would turn nodes suspect and answer "no healthy nodes", which the tests
+/// count as a failure.
+async fn start_small_nodes(system: &mut System, count: usize, capacity: usize) -> Vec<String> {
+    let mut nodes = Vec::new();
+    for _ in 0..count {
+        let node = system
+            .start_node_process_with("1s", &["--max-containers", &capacity.to_string()])
+            .await;
+        nodes.push(node);
+    }
+    nodes
+}
+
 async fn create_at(http: &reqwest::Client, base: &str, wait: bool) -> (u16, Value) {
     let query = if wait { "" } else { "?wait=false" };
     let response = http
@@ -294,15 +308,7 @@ async fn three_replicas_never_over_commit_and_answer_every_create() {
     for _ in 0..2 {
         system.start_scheduler_process(&[], "info").await;
     }
-    let mut nodes = Vec::new();
-    for _ in 0..NODES {
-        let node = system
-            // 1 s beats: a node view that fell behind during the burst would turn nodes
-            // suspect and answer "no healthy nodes", which the test counts as a failure.
-            .start_node_process_with("1s", &["--max-containers", &CAPACITY.to_string()])
-            .await;
-        nodes.push(node);
-    }
+    let nodes = start_small_nodes(&mut system, NODES, CAPACITY).await;
     let ready = test_started.elapsed();
 
     // 200 creates at once, each waiting for its outcome.
@@ -484,13 +490,7 @@ async fn a_replica_killed_mid_placement_loses_no_request_and_makes_no_duplicate(
         .start_scheduler_process(&[], "info,sqlx::query=debug")
         .await;
     system.start_scheduler_process(&[], "info").await;
-    let mut nodes = Vec::new();
-    for _ in 0..NODES {
-        let node = system
-            .start_node_process_with("1s", &["--max-containers", &CAPACITY.to_string()])
-            .await;
-        nodes.push(node);
-    }
+    let nodes = start_small_nodes(&mut system, NODES, CAPACITY).await;
     let client = async_nats::connect(system.nats.url())
         .await
         .expect("connects");

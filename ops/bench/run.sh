@@ -16,15 +16,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 BIN_DIR="$(cargo_target_dir)/release"
 if [[ "${SANDBOX_SKIP_PREPARE:-0}" != 1 ]]; then
-    run_step "install missing packages" bash "$SANDBOX_OPS_DIR/install-deps.sh" ||
-        die "installing the dependencies failed"
-    require_docker
-    run_step "executor image" bash "$SANDBOX_OPS_DIR/images/build.sh" ||
-        die "building the sandbox-executor image failed"
-    require_cmd cargo "install the Rust toolchain (rustup)"
-    run_step "cargo build --release --bins" \
-        env -C "$SANDBOX_REPO_ROOT" cargo build --release --bins ||
-        die "the build failed (see above)"
+    prepare_release
 fi
 require_cmd nats-server "run $SANDBOX_OPS_DIR/install-deps.sh"
 cd "$SANDBOX_REPO_ROOT"

@@ -70,9 +70,7 @@ impl Scheduler {
     }
 
     fn template_copies(&self) -> MutexGuard<'_, HashMap<String, (Template, Instant)>> {
-        self.templates
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.templates)
     }
 
     /// The node view. Held only for short synchronous updates, never across an await.
@@ -119,9 +117,10 @@ impl Scheduler {
     }
 }
 
-/// A panic while holding the lock leaves a view that is still usable: take it back.
-fn lock(fleet: &Mutex<Fleet>) -> MutexGuard<'_, Fleet> {
-    fleet
+/// A panic while holding one of these locks leaves state that is still usable (a view, copies):
+/// take it back.
+fn lock<T>(state: &Mutex<T>) -> MutexGuard<'_, T> {
+    state
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
