@@ -2,115 +2,45 @@
 //! the execution record the scheduler keeps and the HTTP API shows.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ExecutionId, NodeId, SessionId};
-use crate::node::NodeCommand;
-use crate::session::UnknownValue;
-use crate::subjects::NodeVerb;
+use crate::limits;
 
-/// The default and the bounds of an execution's timeout, in seconds.
-pub const DEFAULT_TIMEOUT_SECS: u32 = 30;
-pub const MAX_TIMEOUT_SECS: u32 = 3600;
-
-/// The languages the executor image runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Language {
-    /// Python 3; one long-lived interpreter per session unless the run asks to be fresh.
-    Python,
-    /// POSIX `sh -c`.
-    Shell,
-    /// Node.js.
-    Javascript,
-}
-
-impl Language {
-    pub const ALL: [Language; 3] = [Language::Python, Language::Shell, Language::Javascript];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Language::Python => "python",
-            Language::Shell => "shell",
-            Language::Javascript => "javascript",
-        }
+wire_enum! {
+    /// The languages the executor image runs.
+    pub enum Language ("language") {
+        /// Python 3; one long-lived interpreter per session unless the run asks to be fresh.
+        Python = "python",
+        /// POSIX `sh -c`.
+        Shell = "shell",
+        /// Node.js.
+        Javascript = "javascript",
     }
 }
 
-impl fmt::Display for Language {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+wire_enum! {
+    /// Where an execution is in its life.
+    pub enum ExecutionStatus ("execution status") {
+        /// Sent to the node; no result yet.
+        Running = "running",
+        /// The program exited with code 0.
+        Completed = "completed",
+        /// The program exited with another code, was killed, or raised.
+        Failed = "failed",
+        /// It ran past its timeout and was killed.
+        Timeout = "timeout",
+        /// It could not be run, or its result was lost; `error` says why.
+        Error = "error",
     }
-}
-
-impl FromStr for Language {
-    type Err = UnknownValue;
-    fn from_str(value: &str) -> Result<Self, UnknownValue> {
-        Language::ALL
-            .into_iter()
-            .find(|language| language.as_str() == value)
-            .ok_or_else(|| UnknownValue::new("language", value))
-    }
-}
-
-/// Where an execution is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExecutionStatus {
-    /// Sent to the node; no result yet.
-    Running,
-    /// The program exited with code 0.
-    Completed,
-    /// The program exited with another code, was killed, or raised.
-    Failed,
-    /// It ran past its timeout and was killed.
-    Timeout,
-    /// It could not be run, or its result was lost; `error` says why.
-    Error,
 }
 
 impl ExecutionStatus {
-    pub const ALL: [ExecutionStatus; 5] = [
-        ExecutionStatus::Running,
-        ExecutionStatus::Completed,
-        ExecutionStatus::Failed,
-        ExecutionStatus::Timeout,
-        ExecutionStatus::Error,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExecutionStatus::Running => "running",
-            ExecutionStatus::Completed => "completed",
-            ExecutionStatus::Failed => "failed",
-            ExecutionStatus::Timeout => "timeout",
-            ExecutionStatus::Error => "error",
-        }
-    }
-
     /// Every status but `running` is final: a recorded result never changes.
     pub fn is_final(self) -> bool {
         self != ExecutionStatus::Running
-    }
-}
-
-impl fmt::Display for ExecutionStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ExecutionStatus {
-    type Err = UnknownValue;
-    fn from_str(value: &str) -> Result<Self, UnknownValue> {
-        ExecutionStatus::ALL
-            .into_iter()
-            .find(|status| status.as_str() == value)
-            .ok_or_else(|| UnknownValue::new("execution status", value))
     }
 }
 
@@ -145,6 +75,34 @@ pub struct Execution {
     pub metrics: Option<serde_json::Value>,
 }
 
+impl Execution {
+    /// A run as first recorded: sent to `node` at `at`, no result yet.
+    pub fn running(run: &RunExecution, node: NodeId, at: DateTime<Utc>) -> Self {
+        Self {
+            id: run.execution_id.clone(),
+            session_id: run.session_id.clone(),
+            language: run.language,
+            code: run.code.clone(),
+            status: ExecutionStatus::Running,
+            exit_code: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            truncated: false,
+            error: None,
+            state_lost: false,
+            return_value: None,
+            fresh: run.fresh,
+            timeout_secs: run.timeout_secs,
+            runtime_node: Some(node),
+            duration_ms: None,
+            created_at: at,
+            started_at: None,
+            completed_at: None,
+            metrics: None,
+        }
+    }
+}
+
 /// `executions.run`: start a run in the session's container. The reply only says it started;
 /// output and the result follow as events on the EXECUTIONS stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,25 +127,34 @@ pub struct ExecutionStarted {
     pub started_at: DateTime<Utc>,
 }
 
-impl NodeCommand for RunExecution {
-    const VERB: NodeVerb = NodeVerb::ExecutionsRun;
-    type Response = ExecutionStarted;
-}
+node_command!(RunExecution => "executions.run", ExecutionStarted);
 
-/// Which output stream a chunk came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OutputStream {
-    Stdout,
-    Stderr,
-}
-
-impl OutputStream {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OutputStream::Stdout => "stdout",
-            OutputStream::Stderr => "stderr",
+impl RunExecution {
+    /// What every service checks of a run before passing it on: its timeout, its environment,
+    /// and that it fits the executor agent's request line.
+    pub fn check(&self) -> Result<(), String> {
+        limits::check_execution_timeout(self.timeout_secs)?;
+        if self.code.contains('\0') {
+            return Err("code must not contain NUL bytes".to_owned());
         }
+        let as_json = serde_json::to_vec(&(&self.code, &self.stdin, &self.env))
+            .map_or(usize::MAX, |json| json.len());
+        if as_json > limits::MAX_RUN_JSON_BYTES {
+            return Err(format!(
+                "code, stdin and env take {as_json} bytes as JSON; the most is {}: upload larger \
+                 inputs as files",
+                limits::MAX_RUN_JSON_BYTES
+            ));
+        }
+        limits::check_env(&self.env)
+    }
+}
+
+wire_enum! {
+    /// Which output stream a chunk came from.
+    pub enum OutputStream ("output stream") {
+        Stdout = "stdout",
+        Stderr = "stderr",
     }
 }
 

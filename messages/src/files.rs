@@ -7,8 +7,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::SessionId;
-use crate::node::NodeCommand;
-use crate::subjects::NodeVerb;
 
 /// The most file data one request or reply carries.
 pub const CHUNK_BYTES: usize = 256 * 1024;
@@ -95,15 +93,16 @@ impl fmt::Display for WorkspacePath {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FileKind {
-    File,
-    Directory,
-    Symlink,
-    Other,
-    #[serde(other)]
-    Unknown,
+wire_enum! {
+    /// What a folder entry is.
+    pub enum FileKind ("file kind") {
+        File = "file",
+        Directory = "directory",
+        Symlink = "symlink",
+        Other = "other",
+        #[serde(other)]
+        Unknown = "unknown",
+    }
 }
 
 /// One entry of a folder listing; also what an upload answers.
@@ -140,10 +139,7 @@ pub struct FileWriteProgress {
     pub entry: Option<FileEntry>,
 }
 
-impl NodeCommand for WriteFileChunk {
-    const VERB: NodeVerb = NodeVerb::FilesWrite;
-    type Response = FileWriteProgress;
-}
+node_command!(WriteFileChunk => "files.write", FileWriteProgress);
 
 /// `files.abort`: drop an unfinished upload's temporary file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,10 +152,7 @@ pub struct AbortUpload {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UploadAborted {}
 
-impl NodeCommand for AbortUpload {
-    const VERB: NodeVerb = NodeVerb::FilesAbort;
-    type Response = UploadAborted;
-}
+node_command!(AbortUpload => "files.abort", UploadAborted);
 
 /// `files.read`: up to `length` (at most [`CHUNK_BYTES`]) bytes from `offset`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,10 +172,7 @@ pub struct FileChunk {
     pub eof: bool,
 }
 
-impl NodeCommand for ReadFileChunk {
-    const VERB: NodeVerb = NodeVerb::FilesRead;
-    type Response = FileChunk;
-}
+node_command!(ReadFileChunk => "files.read", FileChunk);
 
 /// `files.list`: a folder's entries, sorted by name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,10 +187,7 @@ pub struct FileListing {
     pub entries: Vec<FileEntry>,
 }
 
-impl NodeCommand for ListFiles {
-    const VERB: NodeVerb = NodeVerb::FilesList;
-    type Response = FileListing;
-}
+node_command!(ListFiles => "files.list", FileListing);
 
 /// `files.delete`: a file, or a folder with everything in it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,10 +201,7 @@ pub struct FileDeleted {
     pub path: String,
 }
 
-impl NodeCommand for DeleteFile {
-    const VERB: NodeVerb = NodeVerb::FilesDelete;
-    type Response = FileDeleted;
-}
+node_command!(DeleteFile => "files.delete", FileDeleted);
 
 #[cfg(test)]
 mod tests {

@@ -6,8 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, SessionId};
-use crate::session::ContainerSpec;
-use crate::subjects::NodeVerb;
+use crate::template::ContainerSpec;
 
 /// On `runtime.nodes.register`: who a node is and what it can hold. Field names are the seed's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,16 +73,59 @@ pub struct NodeUpdated {
     pub node_id: NodeId,
 }
 
-/// What a node says of itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NodeSelfStatus {
-    Online,
-    Draining,
-    /// Sent once by a daemon stopping cleanly.
-    Stopping,
-    #[serde(other)]
-    Unknown,
+wire_enum! {
+    /// What a node says of itself.
+    pub enum NodeSelfStatus ("node status") {
+        Online = "online",
+        Draining = "draining",
+        /// Sent once by a daemon stopping cleanly.
+        Stopping = "stopping",
+        #[serde(other)]
+        Unknown = "unknown",
+    }
+}
+
+wire_enum! {
+    /// A node's health as the scheduler judges it from heartbeats (`runtime_nodes.status`).
+    pub enum NodeHealth ("node health") {
+        /// Heartbeats arrive; it takes sessions.
+        Online = "online",
+        /// It asked for no new sessions.
+        Draining = "draining",
+        /// No heartbeat for three intervals, or it said it stopped: no placements.
+        Offline = "offline",
+        /// Two heartbeat intervals without one: no placements; offline at the third.
+        Suspect = "suspect",
+    }
+}
+
+/// A node as the API shows it: its registration and the scheduler's latest view of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: NodeId,
+    pub hostname: String,
+    pub runtime_type: String,
+    pub ip_address: String,
+    pub api_endpoint: String,
+    pub status: NodeHealth,
+    pub total_cpu_cores: f64,
+    pub total_memory_mb: u64,
+    pub max_containers: u32,
+    pub running_containers: u32,
+    pub allocated_cpu_cores: f64,
+    pub allocated_memory_mb: u64,
+    pub cached_images: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub daemon_version: String,
+    pub heartbeat_interval_ms: u64,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    pub registered_at: DateTime<Utc>,
+    /// An operator declared it (its capacity is the declared one).
+    #[serde(default)]
+    pub declared: bool,
+    /// An operator drained it: no new sessions, the running ones run on.
+    #[serde(default)]
+    pub drained: bool,
 }
 
 /// On `runtime.heartbeat`, every interval. Fixed size: it never lists containers.
@@ -120,6 +162,11 @@ pub struct DiscoverNodes {
     /// Only this node answers; `None` asks every node.
     #[serde(default)]
     pub node_id: Option<NodeId>,
+    /// Only the images are asked for: the node announces itself without its container
+    /// inventory, so no scheduler reconciles anything (a placement that found an image missing
+    /// asks this way).
+    #[serde(default)]
+    pub images_only: bool,
 }
 
 /// On `runtime.containers.ready`: the seed's container-ready signal.
@@ -133,20 +180,20 @@ pub struct ContainerReady {
     pub ready_at: DateTime<Utc>,
 }
 
-/// Why a container stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExitReason {
-    /// Exit code 0.
-    Normal,
-    /// The kernel's OOM killer ended it.
-    OomKilled,
-    /// A signal ended it (`docker kill`, a forced removal).
-    Killed,
-    /// It exited with a non-zero code of its own.
-    Error,
-    #[serde(other)]
-    Unknown,
+wire_enum! {
+    /// Why a container stopped.
+    pub enum ExitReason ("exit reason") {
+        /// Exit code 0.
+        Normal = "normal",
+        /// The kernel's OOM killer ended it.
+        OomKilled = "oom_killed",
+        /// A signal ended it (`docker kill`, a forced removal).
+        Killed = "killed",
+        /// It exited with a non-zero code of its own.
+        Error = "error",
+        #[serde(other)]
+        Unknown = "unknown",
+    }
 }
 
 impl ExitReason {
@@ -161,16 +208,6 @@ impl ExitReason {
             (None, false) => ExitReason::Unknown,
         }
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExitReason::Normal => "normal",
-            ExitReason::OomKilled => "oom_killed",
-            ExitReason::Killed => "killed",
-            ExitReason::Error => "error",
-            ExitReason::Unknown => "unknown",
-        }
-    }
 }
 
 /// On `runtime.containers.exited`.
@@ -182,13 +219,6 @@ pub struct ContainerExited {
     pub exit_code: Option<i64>,
     pub reason: ExitReason,
     pub exited_at: DateTime<Utc>,
-}
-
-/// A request to one node on `runtime.cmd.<node_id>.<verb>`; the reply is a
-/// [`crate::Reply`] of `Response`.
-pub trait NodeCommand: Serialize + for<'de> Deserialize<'de> {
-    const VERB: NodeVerb;
-    type Response: Serialize + for<'de> Deserialize<'de>;
 }
 
 /// `containers.create`: start the session's container. Idempotent on the session id.
@@ -213,10 +243,7 @@ pub struct ContainerCreated {
     pub usage: Option<NodeUsage>,
 }
 
-impl NodeCommand for CreateContainer {
-    const VERB: NodeVerb = NodeVerb::ContainersCreate;
-    type Response = ContainerCreated;
-}
+node_command!(CreateContainer => "containers.create", ContainerCreated);
 
 /// `containers.remove`: stop and delete the session's container. Removing what is not there
 /// succeeds with `removed: false`.
@@ -234,10 +261,7 @@ pub struct ContainerRemoved {
     pub usage: Option<NodeUsage>,
 }
 
-impl NodeCommand for RemoveContainer {
-    const VERB: NodeVerb = NodeVerb::ContainersRemove;
-    type Response = ContainerRemoved;
-}
+node_command!(RemoveContainer => "containers.remove", ContainerRemoved);
 
 /// `node.ping`: is the daemon there?
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -251,7 +275,4 @@ pub struct NodePong {
     pub started_at: DateTime<Utc>,
 }
 
-impl NodeCommand for PingNode {
-    const VERB: NodeVerb = NodeVerb::Ping;
-    type Response = NodePong;
-}
+node_command!(PingNode => "node.ping", NodePong);

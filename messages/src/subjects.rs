@@ -1,7 +1,10 @@
 //! Every NATS subject, stream and queue-group name of the system. No other crate spells one.
 //!
-//! The `runtime.*` and `sessions.create` names are fixed by DESIGN.md: users, scripts and other
-//! tools depend on them. Per-node subjects carry the node id as a token of their own.
+//! The `runtime.*` and `sessions.create` names are fixed by docs/DESIGN.md: users, scripts and
+//! other tools depend on them. Per-node subjects carry the node id as a token of their own.
+//! The request subjects are declared with their request types: `sandbox.api.*` by
+//! [`crate::api_request!`], the node verbs of `runtime.cmd.<node_id>.<verb>` by
+//! [`crate::node_command!`].
 
 use crate::ids::{ExecutionId, NodeId, SessionId};
 
@@ -40,69 +43,23 @@ pub fn templates_updated() -> &'static str {
     "sandbox.templates.updated"
 }
 
-/// The commands a node daemon answers, one verb each, on `runtime.cmd.<node_id>.<verb>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum NodeVerb {
-    ContainersCreate,
-    ContainersRemove,
-    ExecutionsRun,
-    FilesWrite,
-    FilesAbort,
-    FilesRead,
-    FilesList,
-    FilesDelete,
-    /// Is the daemon there? Asked of a node that missed heartbeats: "no responders" means its
-    /// process is gone.
-    Ping,
-}
-
-impl NodeVerb {
-    pub const ALL: [NodeVerb; 9] = [
-        NodeVerb::ContainersCreate,
-        NodeVerb::ContainersRemove,
-        NodeVerb::ExecutionsRun,
-        NodeVerb::FilesWrite,
-        NodeVerb::FilesAbort,
-        NodeVerb::FilesRead,
-        NodeVerb::FilesList,
-        NodeVerb::FilesDelete,
-        NodeVerb::Ping,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeVerb::ContainersCreate => "containers.create",
-            NodeVerb::ContainersRemove => "containers.remove",
-            NodeVerb::ExecutionsRun => "executions.run",
-            NodeVerb::FilesWrite => "files.write",
-            NodeVerb::FilesAbort => "files.abort",
-            NodeVerb::FilesRead => "files.read",
-            NodeVerb::FilesList => "files.list",
-            NodeVerb::FilesDelete => "files.delete",
-            NodeVerb::Ping => "node.ping",
-        }
-    }
-}
-
-/// `runtime.cmd.<node_id>.<verb>`: a request to one node.
-pub fn node_command(node_id: &NodeId, verb: NodeVerb) -> String {
-    format!("runtime.cmd.{node_id}.{}", verb.as_str())
+/// `runtime.cmd.<node_id>.<verb>`: a request to one node; `verb` is a
+/// [`crate::NodeCommand::VERB`].
+pub fn node_command(node_id: &NodeId, verb: &str) -> String {
+    format!("runtime.cmd.{node_id}.{verb}")
 }
 
 /// `runtime.cmd.*.<verb>`: the verb addressed to any node, for the simulated fleet, which serves
 /// thousands of node ids with one subscription per verb.
-pub fn node_command_any(verb: NodeVerb) -> String {
-    format!("runtime.cmd.*.{}", verb.as_str())
+pub fn node_command_any(verb: &str) -> String {
+    format!("runtime.cmd.*.{verb}")
 }
 
 /// The node id a `runtime.cmd.<node_id>.<verb>` subject is addressed to, if it is one.
-pub fn node_of_command(subject: &str) -> Option<&str> {
+pub fn node_of_command<'a>(subject: &'a str, verb: &str) -> Option<&'a str> {
     let rest = subject.strip_prefix("runtime.cmd.")?;
-    let (node, verb) = rest.split_once('.')?;
-    NodeVerb::ALL
-        .iter()
-        .any(|known| known.as_str() == verb)
-        .then_some(node)
+    let (node, rest) = rest.split_once('.')?;
+    (rest == verb).then_some(node)
 }
 
 /// The benchmark tells a simulated fleet to make some of its nodes go silent.
@@ -188,73 +145,6 @@ pub fn scheduler_queue_group() -> &'static str {
     "scheduler"
 }
 
-/// The reads and commands the gateway sends to whichever scheduler replica answers first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ApiOp {
-    SessionsGet,
-    SessionsList,
-    SessionsDelete,
-    TemplatesGet,
-    TemplatesList,
-    NodesGet,
-    NodesList,
-    ExecutionsStart,
-    ExecutionsGet,
-    ExecutionsList,
-    ExecutionsRecord,
-    SessionsSetTimeout,
-    TemplatesCreate,
-    TemplatesUpdate,
-    TemplatesDelete,
-    NodesDeclare,
-    NodesDrain,
-}
-
-impl ApiOp {
-    pub const ALL: [ApiOp; 17] = [
-        ApiOp::SessionsGet,
-        ApiOp::SessionsList,
-        ApiOp::SessionsDelete,
-        ApiOp::TemplatesGet,
-        ApiOp::TemplatesList,
-        ApiOp::NodesGet,
-        ApiOp::NodesList,
-        ApiOp::ExecutionsStart,
-        ApiOp::ExecutionsGet,
-        ApiOp::ExecutionsList,
-        ApiOp::ExecutionsRecord,
-        ApiOp::SessionsSetTimeout,
-        ApiOp::TemplatesCreate,
-        ApiOp::TemplatesUpdate,
-        ApiOp::TemplatesDelete,
-        ApiOp::NodesDeclare,
-        ApiOp::NodesDrain,
-    ];
-}
-
-/// `sandbox.api.<resource>.<action>`.
-pub fn api(op: ApiOp) -> &'static str {
-    match op {
-        ApiOp::SessionsGet => "sandbox.api.sessions.get",
-        ApiOp::SessionsList => "sandbox.api.sessions.list",
-        ApiOp::SessionsDelete => "sandbox.api.sessions.delete",
-        ApiOp::TemplatesGet => "sandbox.api.templates.get",
-        ApiOp::TemplatesList => "sandbox.api.templates.list",
-        ApiOp::NodesGet => "sandbox.api.nodes.get",
-        ApiOp::NodesList => "sandbox.api.nodes.list",
-        ApiOp::ExecutionsStart => "sandbox.api.executions.start",
-        ApiOp::ExecutionsGet => "sandbox.api.executions.get",
-        ApiOp::ExecutionsList => "sandbox.api.executions.list",
-        ApiOp::ExecutionsRecord => "sandbox.api.executions.record",
-        ApiOp::SessionsSetTimeout => "sandbox.api.sessions.timeout",
-        ApiOp::TemplatesCreate => "sandbox.api.templates.create",
-        ApiOp::TemplatesUpdate => "sandbox.api.templates.update",
-        ApiOp::TemplatesDelete => "sandbox.api.templates.delete",
-        ApiOp::NodesDeclare => "sandbox.api.nodes.declare",
-        ApiOp::NodesDrain => "sandbox.api.nodes.drain",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,39 +158,35 @@ mod tests {
         assert_eq!(sessions_create(), "sessions.create");
         let node = NodeId::parse("docker-local").expect("valid");
         assert_eq!(
-            node_command(&node, NodeVerb::ContainersCreate),
+            node_command(&node, "containers.create"),
             "runtime.cmd.docker-local.containers.create"
-        );
-        assert_eq!(
-            node_command(&node, NodeVerb::ContainersRemove),
-            "runtime.cmd.docker-local.containers.remove"
         );
     }
 
     #[test]
     fn any_node_wildcards_match_the_per_node_subjects() {
+        use crate::NodeCommand;
         let node = NodeId::parse("sim-00042").expect("valid");
-        for verb in NodeVerb::ALL {
+        for verb in [
+            crate::node::CreateContainer::VERB,
+            crate::node::RemoveContainer::VERB,
+            crate::node::PingNode::VERB,
+            crate::execution::RunExecution::VERB,
+            crate::files::ReadFileChunk::VERB,
+        ] {
             let wildcard = node_command_any(verb);
             let exact = node_command(&node, verb);
             assert_eq!(wildcard.replace('*', node.as_str()), exact);
-            assert_eq!(node_of_command(&exact), Some("sim-00042"));
+            assert_eq!(node_of_command(&exact, verb), Some("sim-00042"));
         }
         assert_eq!(
-            node_command_any(NodeVerb::ContainersCreate),
+            node_command_any(crate::node::CreateContainer::VERB),
             "runtime.cmd.*.containers.create"
         );
-        assert_eq!(node_of_command("runtime.cmd.a.no.such.verb"), None);
-        assert_eq!(node_of_command("runtime.heartbeat"), None);
-    }
-
-    #[test]
-    fn api_subjects_are_distinct_and_outside_the_fixed_namespaces() {
-        let mut seen = std::collections::HashSet::new();
-        for op in ApiOp::ALL {
-            let subject = api(op);
-            assert!(seen.insert(subject), "{subject} used twice");
-            assert!(subject.starts_with("sandbox.api."));
-        }
+        assert_eq!(
+            node_of_command("runtime.cmd.a.no.such.verb", "node.ping"),
+            None
+        );
+        assert_eq!(node_of_command("runtime.heartbeat", "node.ping"), None);
     }
 }

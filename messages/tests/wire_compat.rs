@@ -4,14 +4,15 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use chrono::{TimeZone, Utc};
-use messages::api::{
-    DeleteSession, ExecutionPage, GetExecution, GetNode, GetSession, GetTemplate, ListExecutions,
-    ListNodes, ListSessions, ListTemplates, NodeHealth, NodeInfo, RecordExecutionResult,
-    SessionPage, StartExecution,
+use messages::api::executions::{
+    ExecutionPage, GetExecution, ListExecutions, RecordExecutionResult, StartExecution,
 };
-use messages::control::{
-    CreateTemplate, DeclareNode, DeleteTemplate, NodeDeclaration, SetNodeDrain, SetSessionTimeout,
-    TemplateDefinition, TemplateUpdated, UpdateTemplate,
+use messages::api::nodes::{DeclareNode, GetNode, ListNodes, NodeDeclaration, SetNodeDrain};
+use messages::api::sessions::{
+    DeleteSession, GetSession, ListSessions, SessionPage, SetSessionTimeout,
+};
+use messages::api::templates::{
+    CreateTemplate, DeleteTemplate, GetTemplate, ListTemplates, TemplateUpdated, UpdateTemplate,
 };
 use messages::execution::{
     Execution, ExecutionOutput, ExecutionResult, ExecutionStarted, ExecutionStatus, Language,
@@ -23,12 +24,12 @@ use messages::files::{
 };
 use messages::node::{
     ContainerCreated, ContainerExited, ContainerInventory, ContainerReady, ContainerRemoved,
-    CreateContainer, DiscoverNodes, ExitReason, Heartbeat, NodeRegistration, NodeSelfStatus,
-    NodeUpdated, NodeUsage, RegistrationAccepted, RemoveContainer, ReportedContainer,
+    CreateContainer, DiscoverNodes, ExitReason, Heartbeat, NodeHealth, NodeInfo, NodeRegistration,
+    NodeSelfStatus, NodeUpdated, NodeUsage, RegistrationAccepted, RemoveContainer,
+    ReportedContainer,
 };
-use messages::session::{
-    ContainerSpec, CreateSession, NetworkMode, Resources, Session, SessionStatus, Template,
-};
+use messages::session::{CreateSession, Session, SessionStatus};
+use messages::template::{ContainerSpec, NetworkMode, Resources, Template, TemplateDefinition};
 use messages::{ErrorBody, ErrorCode, ExecutionId, NodeId, Reply, SessionId, decode, encode};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
@@ -85,8 +86,8 @@ fn session() -> Session {
     }
 }
 
-fn template() -> Template {
-    Template {
+fn definition() -> TemplateDefinition {
+    TemplateDefinition {
         id: "python-basic".into(),
         name: "Python".into(),
         description: String::new(),
@@ -96,6 +97,12 @@ fn template() -> Template {
         env: BTreeMap::from([("LANG".into(), "C.UTF-8".into())]),
         timeout_seconds: 300,
         warm_pool_size: 2,
+    }
+}
+
+fn template() -> Template {
+    Template {
+        definition: definition(),
         created_at: at(),
         updated_at: at(),
     }
@@ -310,6 +317,7 @@ fn every_payload_round_trips() {
     });
     round_trips(DiscoverNodes {
         node_id: Some(node()),
+        images_only: true,
     });
     round_trips(ContainerReady {
         container_id: "abc123".into(),
@@ -416,14 +424,16 @@ fn every_execution_and_file_payload_round_trips() {
     });
     round_trips(result());
     round_trips(StartExecution {
-        execution_id: execution_id(),
-        session_id: session_id(),
-        language: Language::Javascript,
-        code: "console.log(1)".into(),
-        stdin: String::new(),
-        env: BTreeMap::new(),
-        timeout_secs: 5,
-        fresh: false,
+        run: RunExecution {
+            execution_id: execution_id(),
+            session_id: session_id(),
+            language: Language::Javascript,
+            code: "console.log(1)".into(),
+            stdin: String::new(),
+            env: BTreeMap::new(),
+            timeout_secs: 5,
+            fresh: false,
+        },
     });
     round_trips(Reply::Ok(execution()));
     round_trips(GetExecution {
@@ -561,4 +571,55 @@ fn bytes_that_are_not_one_payload_are_refused() {
     bytes.push(0xc0);
     assert!(decode::<GetSession>(&bytes).is_err());
     assert!(decode::<GetSession>(&[]).is_err());
+}
+
+/// A template's definition and a start request's run travel inline, as they did before they
+/// were their own types: the map's keys are the fields themselves.
+#[test]
+fn flattened_parts_keep_the_wire_shape() {
+    let as_map = |bytes: Vec<u8>| -> Map<String, Value> {
+        match messages::codec::to_json(&bytes).expect("a payload") {
+            Value::Object(map) => map,
+            other => panic!("not a map: {other}"),
+        }
+    };
+    let template = as_map(encode(&template()).expect("encodes"));
+    for key in [
+        "id",
+        "name",
+        "image_url",
+        "resources",
+        "warm_pool_size",
+        "created_at",
+    ] {
+        assert!(
+            template.contains_key(key),
+            "template lacks {key}: {template:?}"
+        );
+    }
+    assert!(!template.contains_key("definition"));
+    let start = as_map(
+        encode(&StartExecution {
+            run: RunExecution {
+                execution_id: execution_id(),
+                session_id: session_id(),
+                language: Language::Python,
+                code: "1".into(),
+                stdin: String::new(),
+                env: BTreeMap::new(),
+                timeout_secs: 5,
+                fresh: false,
+            },
+        })
+        .expect("encodes"),
+    );
+    for key in [
+        "execution_id",
+        "session_id",
+        "language",
+        "code",
+        "timeout_secs",
+    ] {
+        assert!(start.contains_key(key), "start lacks {key}: {start:?}");
+    }
 }

@@ -1,15 +1,16 @@
 //! The NATS side of the wire contract: every message leaves with the schema-version and
-//! trace-context headers, and requests are typed by the command they carry.
+//! trace-context headers, every message received is checked for a schema version this build can
+//! read, and requests are typed by what they carry.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::header::HeaderValue;
 use async_nats::{Client, HeaderMap, Message, RequestErrorKind, Subject};
-use messages::api::ApiRequest;
 use messages::headers::{SCHEMA_VERSION, SCHEMA_VERSION_HEADER};
-use messages::node::NodeCommand;
-use messages::{CodecError, ErrorBody, NodeId, Reply, decode, encode, subjects};
+use messages::{
+    ApiRequest, CodecError, ErrorBody, NodeCommand, NodeId, Reply, decode, encode, subjects,
+};
 use opentelemetry::propagation::{Extractor, Injector};
 use serde::{Serialize, de::DeserializeOwned};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -29,6 +30,8 @@ pub enum BusError {
     Request { subject: String, reason: String },
     #[error("{0}")]
     Remote(ErrorBody),
+    #[error("the answer on {subject} was refused: {reason}")]
+    Schema { subject: String, reason: ErrorBody },
 }
 
 /// Connects to NATS under a client name that shows in the server's connection list.
@@ -177,6 +180,10 @@ pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
                 reason: error.to_string(),
             },
         })?;
+    check_schema(answer.headers.as_ref()).map_err(|reason| BusError::Schema {
+        subject: subject.clone(),
+        reason,
+    })?;
     match decode::<Reply<Resp>>(&answer.payload)? {
         Reply::Ok(value) => Ok(value),
         Reply::Error(error) => Err(BusError::Remote(error)),
@@ -211,13 +218,7 @@ pub async fn api_request<R: ApiRequest>(
 where
     R::Response: DeserializeOwned,
 {
-    request(
-        client,
-        subjects::api(R::OP).to_owned(),
-        request_body,
-        timeout,
-    )
-    .await
+    request(client, R::SUBJECT.to_owned(), request_body, timeout).await
 }
 
 /// Answers a request. A message without a reply subject was a plain publish: nothing to answer.
@@ -232,87 +233,56 @@ pub async fn respond<T: Serialize>(
     }
 }
 
-/// The JetStream stream holding session-create requests, created by whichever part starts first
-/// (gateway or scheduler) so that a request is stored even when no scheduler is up yet.
-/// Work-queue retention: a message is gone once a scheduler acknowledged it.
-pub async fn ensure_sessions_stream(
-    jetstream: &async_nats::jetstream::Context,
-) -> anyhow::Result<async_nats::jetstream::stream::Stream> {
-    use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
-    let config = Config {
-        name: subjects::sessions_stream().to_owned(),
-        subjects: vec![subjects::sessions_create().to_owned()],
-        retention: RetentionPolicy::WorkQueue,
-        storage: StorageType::File,
-        discard: DiscardPolicy::New,
-        // Requests nobody took within a day are stale; the client has long given up.
-        max_age: Duration::from_secs(24 * 3600),
-        // A create retried with the same session id within this window is dropped as a duplicate.
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
+/// Whether a received message's schema version is one this build reads: the same major version
+/// or an older one (within a major version fields are only added). A message without the header
+/// comes from a tool (`nats pub`) and is read as the current version.
+pub fn check_schema(headers: Option<&HeaderMap>) -> Result<(), ErrorBody> {
+    let Some(value) = headers.and_then(|headers| headers.get(SCHEMA_VERSION_HEADER)) else {
+        return Ok(());
     };
-    ensure_stream(jetstream, config).await
+    let text = value.as_str();
+    let major = text
+        .split('.')
+        .next()
+        .and_then(|major| major.trim().parse::<u32>().ok());
+    match major {
+        Some(major) if major <= SCHEMA_VERSION => Ok(()),
+        Some(_) => Err(ErrorBody::invalid(format!(
+            "the payload's schema version {text} is newer than this build's {SCHEMA_VERSION}: \
+             upgrade this service to read it"
+        ))),
+        None => Err(ErrorBody::invalid(format!(
+            "the {SCHEMA_VERSION_HEADER} header {text:?} is not a version number"
+        ))),
+    }
 }
 
-/// The JetStream stream holding every execution's output and result, created by the gateway and
-/// the scheduler at start. Limits retention: a client streaming a run late replays it from the
-/// start, and the scheduler's recorder reads the results; after an hour the events go, since the
-/// result is in the database by then. Old events make room for new ones.
-pub async fn ensure_executions_stream(
-    jetstream: &async_nats::jetstream::Context,
-) -> anyhow::Result<async_nats::jetstream::stream::Stream> {
-    use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
-    let config = Config {
-        name: subjects::executions_stream().to_owned(),
-        subjects: vec![subjects::execution_events_all().to_owned()],
-        retention: RetentionPolicy::Limits,
-        storage: StorageType::File,
-        discard: DiscardPolicy::Old,
-        max_age: Duration::from_secs(3600),
-        max_bytes: EXECUTIONS_STREAM_MAX_BYTES,
-        // A result published again (say, by a node retrying) within this window is dropped.
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    };
-    ensure_stream(jetstream, config).await
+/// A received message's payload, if its schema version is readable and it decodes.
+pub fn decode_message<T: DeserializeOwned>(message: &Message) -> Result<T, ErrorBody> {
+    check_schema(message.headers.as_ref())?;
+    decode(&message.payload).map_err(|error| ErrorBody::invalid(error.to_string()))
 }
 
-async fn ensure_stream(
-    jetstream: &async_nats::jetstream::Context,
-    config: async_nats::jetstream::stream::Config,
-) -> anyhow::Result<async_nats::jetstream::stream::Stream> {
-    let name = config.name.clone();
-    jetstream
-        .get_or_create_stream(config)
-        .await
-        .map_err(|error| anyhow::anyhow!("creating the {name} stream: {error}"))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The durable pull consumer `name` on `stream`, created if missing, that every scheduler
-/// replica shares so each message goes to one of them. Explicit acks, and no limit on
-/// redeliveries: work is never given up while a replica cannot record it.
-pub async fn shared_consumer(
-    stream: &async_nats::jetstream::stream::Stream,
-    name: &str,
-    filter_subject: Option<&str>,
-    ack_wait: Duration,
-) -> anyhow::Result<async_nats::jetstream::consumer::PullConsumer> {
-    use async_nats::jetstream::consumer::{AckPolicy, pull};
-    stream
-        .get_or_create_consumer(
-            name,
-            pull::Config {
-                durable_name: Some(name.to_owned()),
-                filter_subject: filter_subject.unwrap_or_default().to_owned(),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait,
-                max_deliver: -1,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|error| anyhow::anyhow!("creating the {name} consumer: {error}"))
-}
+    fn with_version(version: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(SCHEMA_VERSION_HEADER, version);
+        headers
+    }
 
-/// How much execution output the EXECUTIONS stream keeps before it drops the oldest.
-const EXECUTIONS_STREAM_MAX_BYTES: i64 = 1 << 30;
+    #[test]
+    fn a_newer_major_schema_version_is_refused() {
+        assert!(check_schema(None).is_ok());
+        assert!(check_schema(Some(&with_version("1"))).is_ok());
+        assert!(check_schema(Some(&with_version("1.7"))).is_ok());
+        assert!(check_schema(Some(&with_version("0"))).is_ok());
+        let newer = check_schema(Some(&with_version("2"))).expect_err("newer");
+        assert_eq!(newer.code, messages::ErrorCode::InvalidRequest);
+        assert!(newer.message.contains("newer"), "{}", newer.message);
+        assert!(check_schema(Some(&with_version("2.0"))).is_err());
+        assert!(check_schema(Some(&with_version("v1"))).is_err());
+    }
+}
