@@ -54,6 +54,11 @@ pub struct ReportedContainer {
     pub oom_killed: bool,
 }
 
+/// A registration is sent as a request: a scheduler answers whether the node may join.
+impl crate::request::Request for NodeRegistration {
+    type Response = RegistrationAccepted;
+}
+
 /// The answer to a registration sent as a request: the node may join. A refusal is a
 /// [`crate::Reply::Error`] whose message says why (say, an undeclared node in static mode).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, SessionId};
 use crate::reply::ErrorCode;
-use crate::template::{ContainerSpec, NetworkMode, Resources};
+use crate::template::{NetworkMode, Resources};
 
 /// The seed's reason when nothing can take a session.
 pub const NO_HEALTHY_NODES: &str = "No healthy runtime nodes available";
@@ -72,12 +72,14 @@ pub struct Session {
 
 impl Session {
     /// A session as first recorded: accepted at `at` (the moment the gateway took the request,
-    /// so the gateway's early answer and every later read agree), with the image, limits and
-    /// network of `spec`, no node yet.
+    /// so the gateway's early answer and every later read agree), with its container's image,
+    /// limits and network, no node yet.
     pub fn pending(
         id: SessionId,
         template_id: &str,
-        spec: &ContainerSpec,
+        image: &str,
+        resources: Resources,
+        network: NetworkMode,
         timeout_seconds: u64,
         at: DateTime<Utc>,
     ) -> Self {
@@ -87,9 +89,9 @@ impl Session {
             status: SessionStatus::Pending,
             runtime_node: None,
             container_id: None,
-            image: spec.image.clone(),
-            resources: spec.resources,
-            network: spec.network,
+            image: image.to_owned(),
+            resources,
+            network,
             failure_code: None,
             failure_reason: None,
             created_at: at,

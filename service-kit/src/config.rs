@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+/// The exit status of a service started with a bad configuration (EX_USAGE of sysexits.h), as
+/// opposed to 1 for a failure at run time.
+pub const EX_USAGE: u8 = 64;
+
 /// Parses `250ms`, `5s`, `2m` or `1h` (a bare number is seconds), for clap's `value_parser`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();

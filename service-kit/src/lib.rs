@@ -5,6 +5,7 @@
 pub mod bus;
 pub mod config;
 pub mod responder;
+pub mod service;
 pub mod streams;
 pub mod subscription;
 pub mod tasks;

@@ -110,6 +110,11 @@ impl<S: Send + Sync + 'static> Responder<S> {
         Ok(())
     }
 
+    /// The subjects routed so far.
+    pub fn subjects(&self) -> impl Iterator<Item = &str> {
+        self.routes.iter().map(|route| route.subject.as_str())
+    }
+
     /// Answers requests until `cancel` fires, each in a task of its own; then unsubscribes and
     /// waits for the answers in progress.
     pub async fn serve(self, cancel: CancellationToken) -> anyhow::Result<()> {
