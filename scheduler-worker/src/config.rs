@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
 use service_kit::config::parse_duration;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -83,44 +82,59 @@ pub enum RegistrationMode {
     Static,
 }
 
+/// A configuration value out of range, found before anything is contacted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("DATABASE_URL {0:?} must start with sqlite: or postgres://")]
+    DatabaseUrl(String),
+    #[error("SCHEDULER_NATS_URL {0:?} must be a URL such as nats://host:4222")]
+    NatsUrl(String),
+    #[error("SCHEDULER_MAX_IN_FLIGHT must be between 1 and 4096, not {0}")]
+    MaxInFlight(usize),
+    #[error("SCHEDULER_PLACEMENT_ATTEMPTS must be between 1 and 16, not {0}")]
+    PlacementAttempts(usize),
+    #[error("SCHEDULER_ACK_WAIT must be at least 1s")]
+    AckWait,
+    #[error("SCHEDULER_LIFETIME_SWEEP must be between 1ms and 60s")]
+    LifetimeSweep,
+    #[error("SCHEDULER_START_DEADLINE must be at least 1s")]
+    StartDeadline,
+    #[error("SCHEDULER_NODES_FILE {0} is not a readable file")]
+    NodesFile(String),
+}
+
 impl Config {
     /// Checks what can be checked before any connection is made.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let url = &self.database_url;
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")
             || url.starts_with("postgresql://"))
         {
-            bail!("DATABASE_URL {url:?} must start with sqlite: or postgres://");
+            return Err(ConfigError::DatabaseUrl(url.clone()));
         }
         if !self.nats_url.contains("://") {
-            bail!(
-                "SCHEDULER_NATS_URL {:?} must be a URL such as nats://host:4222",
-                self.nats_url
-            );
+            return Err(ConfigError::NatsUrl(self.nats_url.clone()));
         }
         if !(1..=4096).contains(&self.max_in_flight) {
-            bail!("SCHEDULER_MAX_IN_FLIGHT must be between 1 and 4096");
+            return Err(ConfigError::MaxInFlight(self.max_in_flight));
         }
         if !(1..=16).contains(&self.placement_attempts) {
-            bail!("SCHEDULER_PLACEMENT_ATTEMPTS must be between 1 and 16");
+            return Err(ConfigError::PlacementAttempts(self.placement_attempts));
         }
         if self.ack_wait < Duration::from_secs(1) {
-            bail!("SCHEDULER_ACK_WAIT must be at least 1s");
+            return Err(ConfigError::AckWait);
         }
         if self.lifetime_sweep.is_zero() || self.lifetime_sweep > Duration::from_secs(60) {
-            bail!("SCHEDULER_LIFETIME_SWEEP must be between 1ms and 60s");
+            return Err(ConfigError::LifetimeSweep);
         }
         if self.start_deadline < Duration::from_secs(1) {
-            bail!("SCHEDULER_START_DEADLINE must be at least 1s");
+            return Err(ConfigError::StartDeadline);
         }
         if let Some(path) = &self.nodes_file
             && !path.is_file()
         {
-            bail!(
-                "SCHEDULER_NODES_FILE {} is not a readable file",
-                path.display()
-            );
+            return Err(ConfigError::NodesFile(path.display().to_string()));
         }
         Ok(())
     }

@@ -2,51 +2,61 @@
 //! from their announcements, places sessions, and owns the database. Any number of replicas
 //! share the work.
 
-mod admin;
 mod api;
 pub mod config;
-mod events;
+mod discovery;
 mod executions;
 pub mod fleet;
+mod lifecycle;
 mod lifetimes;
+mod node_view;
 mod nodes_file;
 mod placement;
 mod reconcile;
+mod recorders;
 mod scheduler;
-mod sessions;
 pub mod store;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use service_kit::bus;
+use messages::subjects;
 use service_kit::tasks::Tasks;
+use service_kit::{WorkQueue, bus, streams};
 use tokio_util::sync::CancellationToken;
 
-pub use config::Config;
+pub use config::{Config, ConfigError};
 use fleet::Fleet;
 use scheduler::Scheduler;
 use store::Store;
 
 /// How long the tasks get to finish after a shutdown signal.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
+/// How long background work (container removals, probes) gets after the tasks stopped.
+const BACKGROUND_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A started replica.
 #[derive(Debug)]
 pub struct Running {
     tasks: Tasks,
+    scheduler: Arc<Scheduler>,
 }
 
 impl Running {
-    /// Waits for the cancel signal, then for the tasks to finish.
+    /// Waits for the cancel signal, then for the tasks to finish, then for the background work
+    /// they started and the database's last writes.
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.tasks.join(SHUTDOWN_DEADLINE).await
+        let outcome = self.tasks.join(SHUTDOWN_DEADLINE).await;
+        self.scheduler.drain_background(BACKGROUND_DEADLINE).await;
+        self.scheduler.store.close().await;
+        outcome
     }
 }
 
 /// Starts a replica; returns once it listens for nodes, requests and work.
 pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<Running> {
-    config.validate()?;
+    config.validate().context("invalid configuration")?;
 
     // 1. The database: schema migrated, seed templates present.
     let store = Store::connect(&config.database_url)
@@ -69,41 +79,45 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     // 3. NATS, and every subscription before any work is taken.
     let nats = bus::connect(&config.nats_url, "scheduler-worker").await?;
     let scheduler = Scheduler::new(nats.clone(), store, config, fleet);
-    let (view_subscriptions, recorder_subscriptions) = events::subscribe(&nats).await?;
-    let api_subscriptions = api::subscribe(&nats).await?;
-    let consumer = sessions::consumer(&scheduler).await?;
-    let results_consumer = executions::results_consumer(&scheduler).await?;
+    let view = node_view::subscribe(&nats).await?;
+    let recorders = recorders::subscribe(&scheduler).await?;
+    let api = api::responder(&scheduler).await?;
+    let jetstream = async_nats::jetstream::new(nats.clone());
+    let sessions_stream = streams::ensure_sessions_stream(&jetstream).await?;
+    // While the database is down a request is retried with growing pauses, and placed once it
+    // is back.
+    let sessions_queue = WorkQueue::open(
+        &sessions_stream,
+        subjects::sessions_consumer(),
+        None,
+        scheduler.config.ack_wait,
+    )
+    .await?;
+    let results_queue = executions::results_queue(&scheduler).await?;
 
     let mut tasks = Tasks::new(cancel.clone());
     tasks.spawn(
         "node-view",
-        events::run_view(scheduler.clone(), view_subscriptions, cancel.clone()),
+        node_view::run_view(scheduler.clone(), view, cancel.clone()),
     );
     tasks.spawn(
         "node-health",
-        events::judge_health(scheduler.clone(), cancel.clone()),
+        node_view::judge_health(scheduler.clone(), cancel.clone()),
     );
     tasks.spawn(
         "node-registrations",
-        events::record_registrations(
-            scheduler.clone(),
-            recorder_subscriptions.registrations,
-            cancel.clone(),
-        ),
+        recorders.registrations.serve(cancel.clone()),
     );
     tasks.spawn(
         "heartbeat-records",
-        events::record_heartbeats(
-            scheduler.clone(),
-            recorder_subscriptions.heartbeats,
-            cancel.clone(),
-        ),
+        recorders::record_heartbeats(scheduler.clone(), recorders.heartbeats, cancel.clone()),
     );
     tasks.spawn(
         "container-events",
-        events::record_container_events(
+        recorders::record_container_events(
             scheduler.clone(),
-            recorder_subscriptions.containers,
+            recorders.ready,
+            recorders.exited,
             cancel.clone(),
         ),
     );
@@ -113,16 +127,13 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     );
 
     // 4. Ask the nodes to announce themselves, so the view is complete within moments.
-    events::discover_all(&nats).await?;
+    discovery::discover_all(&nats).await?;
 
     // 5. Serve: the gateway's requests, execution results, and the session work queue.
-    tasks.spawn(
-        "api",
-        api::serve(scheduler.clone(), api_subscriptions, cancel.clone()),
-    );
+    tasks.spawn("api", api.serve(cancel.clone()));
     tasks.spawn(
         "execution-results",
-        executions::record_results(scheduler.clone(), results_consumer, cancel.clone()),
+        executions::record_results(scheduler.clone(), results_queue, cancel.clone()),
     );
     tasks.spawn(
         "overdue-executions",
@@ -131,15 +142,15 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     // Session work waits until the nodes the database remembers could be heard from again,
     // so a restarted replica does not fail queued requests for want of a view.
     let settle_time = scheduler.fleet().settle_time();
-    let consume = sessions::consume(scheduler.clone(), consumer, cancel.clone());
+    let placing = placement::serve(scheduler.clone(), sessions_queue, cancel.clone());
     let settle_cancel = cancel.clone();
     tasks.spawn("sessions", async move {
         tokio::select! {
-            () = tokio::time::sleep(settle_time) => consume.await,
+            () = tokio::time::sleep(settle_time) => placing.await,
             () = settle_cancel.cancelled() => Ok(()),
         }
     });
     bus::sync_with_server(&nats).await?;
     tracing::info!("scheduler worker ready");
-    Ok(Running { tasks })
+    Ok(Running { tasks, scheduler })
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use messages::control::NodeDeclaration;
+use messages::api::nodes::NodeDeclaration;
 
 use crate::store::{self, Store};
 

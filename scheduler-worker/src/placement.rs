@@ -1,19 +1,24 @@
 //! Turns a `sessions.create` request into a recorded outcome: a running session on a node, or a
-//! failed one with the reason. Safe to run again for the same request (redelivery).
+//! failed one with the reason. The choice of node is the fleet's (`fleet/choose.rs`); this file
+//! applies it: it asks the chosen node, and on a refusal or silence moves on to another. Safe to
+//! run again for the same request (redelivery).
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
 use messages::node::{ContainerCreated, CreateContainer};
-use messages::session::{ContainerSpec, CreateSession, Resources, Session, SessionStatus};
+use messages::session::{CreateSession, Session, SessionStatus, at_storage_precision};
+use messages::template::{ContainerSpec, NetworkMode, Resources};
 use messages::{ErrorBody, ErrorCode, NodeId, SessionId};
+use service_kit::WorkQueue;
 use service_kit::bus::{self, BusError};
+use tokio_util::sync::CancellationToken;
 
+use crate::fleet;
+use crate::lifecycle::Change;
 use crate::scheduler::Scheduler;
-use crate::store::{self, Transition};
-use crate::{events, fleet};
-
-/// States a placement may move a session out of.
-const UNSETTLED: [SessionStatus; 2] = [SessionStatus::Pending, SessionStatus::Creating];
+use crate::store::{Applied, StoreError};
 
 /// What the node's answer means for the next step.
 enum Attempt {
@@ -24,21 +29,41 @@ enum Attempt {
     Fail(ErrorBody),
 }
 
+/// Places the requests of the work queue every replica shares, up to `max_in_flight` at once;
+/// a request is acknowledged once its outcome is recorded, and redelivered with growing pauses
+/// while it cannot be (say, while the database is down).
+pub(crate) async fn serve(
+    scheduler: Arc<Scheduler>,
+    queue: WorkQueue<CreateSession>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let max_in_flight = scheduler.config.max_in_flight;
+    let span = |request: &CreateSession| tracing::info_span!("scheduler.place_session", session_id = %request.session_id);
+    queue
+        .serve(cancel, max_in_flight, span, move |request| {
+            let scheduler = Arc::clone(&scheduler);
+            async move {
+                let session = scheduler.place(&request).await?;
+                tracing::info!(status = %session.status, node = ?session.runtime_node, "session placed");
+                Ok::<(), StoreError>(())
+            }
+        })
+        .await
+}
+
 impl Scheduler {
     /// Records the session (once) and places it. Returns the session in a settled state; an
     /// `Err` means the outcome could not be recorded, and the request should be redelivered.
-    pub async fn place(&self, request: &CreateSession) -> Result<Session, store::StoreError> {
-        let (session, env) = self.record_session(request).await?;
-        if session.status.is_settled() {
-            // A redelivery of work already done: say the outcome again for any waiting client.
-            self.announce(&session).await;
-            return Ok(session);
-        }
-        let spec = ContainerSpec {
-            image: session.image.clone(),
-            resources: session.resources,
-            network: session.network,
-            env,
+    pub async fn place(&self, request: &CreateSession) -> Result<Session, StoreError> {
+        let (session, spec) = self.record_session(request).await?;
+        let spec = match spec {
+            Some(spec) if !session.status.is_settled() => spec,
+            // A redelivery of work already done, or a session that could not start: say the
+            // outcome (again) for any waiting client.
+            _ => {
+                self.announce(&session).await;
+                return Ok(session);
+            }
         };
         // A replica that died mid-placement may have asked this node already; it answers for
         // the same session with the same container.
@@ -49,59 +74,46 @@ impl Scheduler {
         self.place_on_nodes(&session.id, &spec, earlier_node).await
     }
 
-    /// Records the request's session unless an earlier delivery did; the session as recorded.
+    /// Records the request's session unless an earlier delivery did; the session as recorded,
+    /// and the spec of its container (none for a session whose template is gone: it failed).
     async fn record_session(
         &self,
         request: &CreateSession,
-    ) -> Result<(Session, std::collections::BTreeMap<String, String>), store::StoreError> {
-        let now = store::now();
-        let template = self.template_for_placement(&request.template_id).await?;
-        let mut env = template
-            .as_ref()
-            .map(|template| template.env.clone())
-            .unwrap_or_default();
-        env.extend(request.env.clone());
-        let session = match &template {
-            Some(template) => Session::pending(
-                request.session_id.clone(),
-                template,
-                request.timeout_seconds,
-                now,
-            ),
+    ) -> Result<(Session, Option<ContainerSpec>), StoreError> {
+        // The gateway's moment of acceptance, so its early answer and every read agree.
+        let accepted_at = at_storage_precision(request.requested_at);
+        let (session, spec) = match self.template_for_placement(&request.template_id).await? {
+            Some(template) => {
+                let spec = template.container_spec_with(&request.env);
+                let timeout = request
+                    .timeout_seconds
+                    .unwrap_or(template.definition.timeout_seconds);
+                let session = Session::pending(
+                    request.session_id.clone(),
+                    &request.template_id,
+                    &spec.image,
+                    spec.resources,
+                    spec.network,
+                    timeout,
+                    accepted_at,
+                );
+                (session, Some(spec))
+            }
             // The gateway checked the template; it was deleted since. Record why.
-            None => Session {
-                id: request.session_id.clone(),
-                template_id: request.template_id.clone(),
-                status: SessionStatus::Failed,
-                runtime_node: None,
-                container_id: None,
-                image: String::new(),
-                resources: Resources {
-                    cpu_cores: 0.0,
-                    memory_mb: 0,
-                    pids_limit: 0,
-                },
-                network: Default::default(),
-                failure_code: Some(ErrorCode::NotFound),
-                failure_reason: Some(format!("template '{}' not found", request.template_id)),
-                created_at: now,
-                updated_at: now,
-                started_at: None,
-                ended_at: Some(now),
-                timeout_seconds: 0,
-                expires_at: None,
-            },
+            None => (template_gone(request, accepted_at), None),
         };
-        if self.store.insert_session_if_absent(&session, &env).await? {
-            return Ok((session, env));
+        let env = spec.as_ref().map_or(&request.env, |spec| &spec.env);
+        if self.store.insert_session_if_absent(&session, env).await? {
+            return Ok((session, spec));
         }
         // A redelivery, or another replica inserted it first: what the database holds is the
         // truth.
-        Ok(self
+        let (session, spec) = self
             .store
-            .get_session_with_env(&request.session_id)
+            .get_session_with_spec(&request.session_id)
             .await?
-            .unwrap_or((session, env)))
+            .ok_or_else(|| vanished(&request.session_id))?;
+        Ok((session, Some(spec)))
     }
 
     async fn place_on_nodes(
@@ -109,7 +121,7 @@ impl Scheduler {
         session_id: &SessionId,
         spec: &ContainerSpec,
         mut next_node: Option<NodeId>,
-    ) -> Result<Session, store::StoreError> {
+    ) -> Result<Session, StoreError> {
         let mut refused_by: Vec<NodeId> = Vec::new();
         let mut last_refusal: Option<ErrorBody> = None;
         for _ in 0..self.config.placement_attempts {
@@ -126,24 +138,23 @@ impl Scheduler {
                     if error == fleet::image_missing(&spec.image) {
                         // The image may have been loaded since the nodes last announced their
                         // images: ask them again, so the next request sees it.
-                        if let Err(error) = events::discover_all(&self.nats).await {
-                            tracing::warn!(%error, "could not ask the nodes for their images");
-                        }
+                        self.ask_for_images().await;
                     }
-                    return self.fail(session_id, last_refusal.unwrap_or(error)).await;
+                    let error = last_refusal.unwrap_or(error);
+                    return self.start_failed(session_id, error).await;
                 }
             };
-            let creating = Transition::creating_on(node.clone());
+            // The write is what lets a redelivery re-ask the same node; the announcement of
+            // "creating" serves watchers only (a waiting gateway answers on settled states).
             match self
-                .store
-                .transition(session_id, &UNSETTLED, &creating)
+                .apply(session_id, Change::CreatingOn(node.clone()))
                 .await?
             {
-                Some((session, _)) if !session.status.is_final() => self.announce(&session).await,
-                // Deleted while being placed: nothing more to do.
-                recorded => {
+                Applied::Changed(_) => {}
+                // Deleted (or otherwise ended) while being placed: nothing more to do.
+                applied => {
                     self.fleet().release(&node, session_id);
-                    return self.settled(session_id, recorded).await;
+                    return settled(session_id, applied);
                 }
             }
             match self.create_on(&node, session_id, spec).await {
@@ -159,14 +170,14 @@ impl Scheduler {
                 }
                 Attempt::Fail(error) => {
                     self.fleet().release(&node, session_id);
-                    return self.fail(session_id, error).await;
+                    return self.start_failed(session_id, error).await;
                 }
             }
         }
         let error = last_refusal.unwrap_or_else(|| {
             ErrorBody::new(ErrorCode::NodeUnavailable, "no node accepted the session")
         });
-        self.fail(session_id, error).await
+        self.start_failed(session_id, error).await
     }
 
     async fn create_on(
@@ -201,58 +212,80 @@ impl Scheduler {
         }
     }
 
+    /// Records "running" from the node's answer: the one writer of it.
     async fn record_running(
         &self,
         session_id: &SessionId,
         node: &NodeId,
         created: ContainerCreated,
-    ) -> Result<Session, store::StoreError> {
-        let transition = Transition::running(node.clone(), created.container_id);
-        match self
-            .store
-            .transition(session_id, &UNSETTLED, &transition)
-            .await?
+    ) -> Result<Session, StoreError> {
+        let running = Change::Running {
+            node: node.clone(),
+            container_id: created.container_id,
+        };
+        let applied = self.apply(session_id, running).await?;
+        if let Applied::Unchanged(session) = &applied
+            && session.status.is_final()
         {
-            Some((session, _)) if session.status == SessionStatus::Running => {
-                self.announce(&session).await;
-                Ok(session)
-            }
             // It ended while its container was being made (deleted, or the container died):
             // the container must not outlive it.
-            recorded => {
-                self.remove_in_background(node.clone(), session_id.clone());
-                self.settled(session_id, recorded).await
-            }
+            self.remove_in_background(node.clone(), session_id.clone());
         }
+        settled(session_id, applied)
     }
 
-    /// Records a failure (unless the session already settled) and announces the outcome.
-    pub(crate) async fn fail(
+    /// Records a failed start (unless the session already settled).
+    async fn start_failed(
         &self,
         session_id: &SessionId,
         error: ErrorBody,
-    ) -> Result<Session, store::StoreError> {
+    ) -> Result<Session, StoreError> {
         tracing::warn!(%session_id, code = %error.code, reason = %error.message, "session failed");
-        let transition = Transition::failed(error.code, error.message);
-        let recorded = self
-            .store
-            .transition(session_id, &UNSETTLED, &transition)
-            .await?;
-        self.settled(session_id, recorded).await
+        let applied = self.apply(session_id, Change::StartFailed(error)).await?;
+        if let Applied::Unchanged(session) = &applied {
+            // Someone else settled it; a client waiting on this replica's word hears it again.
+            self.announce(session).await;
+        }
+        settled(session_id, applied)
     }
+}
 
-    /// Announces the session as a transition just left it (and read it back) to waiting clients.
-    async fn settled(
-        &self,
-        session_id: &SessionId,
-        recorded: Option<(Session, bool)>,
-    ) -> Result<Session, store::StoreError> {
-        let (session, _) = recorded.ok_or_else(|| store::StoreError::Corrupt {
-            table: "sessions",
-            id: session_id.to_string(),
-            reason: "vanished while being placed".into(),
-        })?;
-        self.announce(&session).await;
-        Ok(session)
+/// The session as a change left it: changed or not, it exists (sessions are never deleted).
+fn settled(session_id: &SessionId, applied: Applied) -> Result<Session, StoreError> {
+    match applied {
+        Applied::Changed(session) | Applied::Unchanged(session) => Ok(session),
+        Applied::Missing => Err(vanished(session_id)),
     }
+}
+
+fn vanished(session_id: &SessionId) -> StoreError {
+    StoreError::Vanished {
+        table: "sessions",
+        id: session_id.to_string(),
+    }
+}
+
+/// The record of a session whose template was deleted between the gateway's check and the
+/// placement: failed, with the reason.
+fn template_gone(request: &CreateSession, at: DateTime<Utc>) -> Session {
+    let no_resources = Resources {
+        cpu_cores: 0.0,
+        memory_mb: 0,
+        pids_limit: 0,
+    };
+    let mut session = Session::pending(
+        request.session_id.clone(),
+        &request.template_id,
+        "",
+        no_resources,
+        NetworkMode::None,
+        0,
+        at,
+    );
+    session.status = SessionStatus::Failed;
+    session.failure_code = Some(ErrorCode::NotFound);
+    session.failure_reason = Some(format!("template '{}' not found", request.template_id));
+    session.ended_at = Some(at);
+    session.expires_at = None;
+    session
 }

@@ -5,100 +5,92 @@
 
 use std::collections::HashSet;
 
+use messages::NodeId;
 use messages::node::{ContainerExited, ContainerInventory, ExitReason, ReportedContainer};
-use messages::session::SessionStatus;
-use messages::{ErrorCode, NodeId};
+use messages::session::{Session, SessionStatus};
 
-use crate::events::{container_exited, session_of};
+use crate::lifecycle::Change;
 use crate::scheduler::Scheduler;
-use crate::store::Transition;
 
-pub(crate) async fn reconcile(scheduler: &Scheduler, node: &NodeId, inventory: ContainerInventory) {
-    let mut reported = HashSet::new();
-    for container in &inventory.containers {
-        if let Some(session_id) = &container.session_id {
-            reported.insert(session_id.clone());
+impl Scheduler {
+    pub(crate) async fn reconcile(&self, node: &NodeId, inventory: ContainerInventory) {
+        let mut reported = HashSet::new();
+        for container in &inventory.containers {
+            if let Some(session_id) = &container.session_id {
+                reported.insert(session_id.clone());
+            }
+            self.reconcile_container(node, &inventory, container).await;
         }
-        reconcile_container(scheduler, node, &inventory, container).await;
+        // Running sessions the node has no container for: it vanished while the daemon was
+        // away. Only sessions running since before the listing: a later one's container was
+        // made after it.
+        let sessions = match self.store.live_sessions_on(node).await {
+            Ok(sessions) => sessions,
+            Err(error) => {
+                tracing::warn!(%node, %error, "could not read the node's sessions to reconcile");
+                return;
+            }
+        };
+        for session in sessions {
+            if running_before(&session, &inventory) && !reported.contains(&session.id) {
+                let vanished = Change::ContainerVanished { node: node.clone() };
+                self.apply_or_log(&session.id, vanished).await;
+            }
+        }
     }
-    // Running sessions the node has no container for: it vanished while the daemon was away.
-    // Only sessions running since before the listing: a later one's container was made after.
-    let sessions = match scheduler.store.live_sessions_on(node).await {
-        Ok(sessions) => sessions,
-        Err(error) => {
-            tracing::warn!(%node, %error, "could not read the node's sessions to reconcile");
+
+    async fn reconcile_container(
+        &self,
+        node: &NodeId,
+        inventory: &ContainerInventory,
+        container: &ReportedContainer,
+    ) {
+        let Some(session_id) = &container.session_id else {
+            tracing::warn!(%node, container_id = %container.container_id, "a container without a session label; left alone");
+            return;
+        };
+        let session = self.session_of(session_id).await;
+        let owned = session.as_ref().is_some_and(|session| {
+            !session.status.is_final() && session.runtime_node.as_ref() == Some(node)
+        });
+        let Some(session) = session.filter(|_| owned) else {
+            tracing::info!(%node, %session_id, container_id = %container.container_id, "removing a container no live session owns");
+            self.remove_in_background(node.clone(), session_id.clone());
+            return;
+        };
+        if container.running {
+            if session.status != SessionStatus::Running {
+                // Made, but the replica that asked for it never recorded it: adopt it now.
+                let running = Change::Running {
+                    node: node.clone(),
+                    container_id: container.container_id.clone(),
+                };
+                self.apply_or_log(session_id, running).await;
+            }
+            tracing::info!(%node, %session_id, "adopted a running session's container");
             return;
         }
-    };
-    for session in sessions {
-        let listed_after_start = session
-            .started_at
-            .is_some_and(|started| started < inventory.listed_at);
-        if session.status == SessionStatus::Running
-            && listed_after_start
-            && !reported.contains(&session.id)
-        {
-            let reason = format!("its container is gone from node {node}");
-            let failed = Transition::failed(ErrorCode::RuntimeError, reason);
-            scheduler
-                .end_session(&session.id, &[SessionStatus::Running], failed)
-                .await;
+        // A stopped container of a running session died while the daemon could not see it.
+        // One of a session still being created may simply not be started yet: left to its
+        // placement.
+        if running_before(&session, inventory) {
+            let exited = ContainerExited {
+                container_id: container.container_id.clone(),
+                session_id: session_id.clone(),
+                node_id: node.clone(),
+                exit_code: container.exit_code,
+                reason: ExitReason::classify(container.exit_code, container.oom_killed),
+                exited_at: inventory.listed_at,
+            };
+            self.container_exited(exited).await;
         }
     }
 }
 
-async fn reconcile_container(
-    scheduler: &Scheduler,
-    node: &NodeId,
-    inventory: &ContainerInventory,
-    container: &ReportedContainer,
-) {
-    let Some(session_id) = &container.session_id else {
-        tracing::warn!(%node, container_id = %container.container_id, "a container without a session label; left alone");
-        return;
-    };
-    let session = session_of(scheduler, session_id).await;
-    let owned = session.as_ref().is_some_and(|session| {
-        !session.status.is_final() && session.runtime_node.as_ref() == Some(node)
-    });
-    let Some(session) = session.filter(|_| owned) else {
-        tracing::info!(%node, %session_id, container_id = %container.container_id, "removing a container no live session owns");
-        scheduler.remove_in_background(node.clone(), session_id.clone());
-        return;
-    };
-    if container.running {
-        if session.status != SessionStatus::Running {
-            // Made, but the replica that asked for it never recorded it: adopt it now.
-            let running = Transition::running(node.clone(), container.container_id.clone());
-            let from = [SessionStatus::Pending, SessionStatus::Creating];
-            match scheduler
-                .store
-                .transition(session_id, &from, &running)
-                .await
-            {
-                Ok(Some((session, true))) => scheduler.announce(&session).await,
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%session_id, %error, "could not adopt a container"),
-            }
-        }
-        tracing::info!(%node, %session_id, "adopted a running session's container");
-        return;
-    }
-    // A stopped container of a running session died while the daemon could not see it. One
-    // of a session still being created may simply not be started yet: left to its placement.
-    let running_before_listing = session.status == SessionStatus::Running
+/// Whether the session was running since before the node listed its containers.
+fn running_before(session: &Session, inventory: &ContainerInventory) -> bool {
+    session.status == SessionStatus::Running
         && session
             .started_at
-            .is_some_and(|started| started < inventory.listed_at);
-    if running_before_listing {
-        let exited = ContainerExited {
-            container_id: container.container_id.clone(),
-            session_id: session_id.clone(),
-            node_id: node.clone(),
-            exit_code: container.exit_code,
-            reason: ExitReason::classify(container.exit_code, container.oom_killed),
-            exited_at: inventory.listed_at,
-        };
-        container_exited(scheduler, exited).await;
-    }
+            .is_some_and(|started| started < inventory.listed_at)
 }

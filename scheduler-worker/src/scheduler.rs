@@ -1,14 +1,20 @@
-//! The state one scheduler replica works with: its NATS client, the database and its node view.
+//! The state one scheduler replica works with: its NATS client, the database, its node view,
+//! its copies of templates, and the background work (container removals, probes) it must
+//! finish before it stops.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+
 use async_nats::Client;
 use messages::node::{ContainerRemoved, RemoveContainer};
-use messages::session::{Session, Template};
+use messages::session::Session;
+use messages::template::Template;
 use messages::{NodeId, SessionId, subjects};
 use service_kit::bus::{self, BusError};
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::fleet::Fleet;
@@ -28,6 +34,10 @@ pub struct Scheduler {
     fleet: Arc<Mutex<Fleet>>,
     /// Templates as read lately, so a burst of placements does not read the same row for each.
     templates: Mutex<HashMap<String, (Template, Instant)>>,
+    /// Work started in the background (removals, probes), waited for at shutdown.
+    background: TaskTracker,
+    /// When this replica last asked the fleet for its images (`discovery.rs`).
+    images_asked_at: Mutex<Option<Instant>>,
 }
 
 impl Scheduler {
@@ -38,7 +48,29 @@ impl Scheduler {
             config,
             fleet: Arc::new(Mutex::new(fleet)),
             templates: Mutex::new(HashMap::new()),
+            background: TaskTracker::new(),
+            images_asked_at: Mutex::new(None),
         })
+    }
+
+    /// Runs `work` in the background; [`Scheduler::drain_background`] waits for it.
+    pub(crate) fn spawn_background(&self, work: impl Future<Output = ()> + Send + 'static) {
+        self.background.spawn(work);
+    }
+
+    /// Waits (up to `deadline`) for the work started in the background, so removals asked for
+    /// before a shutdown are not dropped half-way.
+    pub(crate) async fn drain_background(&self, deadline: Duration) {
+        self.background.close();
+        if tokio::time::timeout(deadline, self.background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.background.len(),
+                "background work did not finish by the deadline"
+            );
+        }
     }
 
     /// The template a placement is made from: as read within the last [`TEMPLATE_FRESHNESS`],
@@ -67,6 +99,10 @@ impl Scheduler {
     /// Forgets this replica's copy of a template that was just changed or deleted.
     pub(crate) fn forget_template(&self, id: &str) {
         self.template_copies().remove(id);
+    }
+
+    pub(crate) fn images_asked_at(&self) -> MutexGuard<'_, Option<Instant>> {
+        lock(&self.images_asked_at)
     }
 
     fn template_copies(&self) -> MutexGuard<'_, HashMap<String, (Template, Instant)>> {
@@ -100,7 +136,7 @@ impl Scheduler {
         let nats = self.nats.clone();
         let fleet = Arc::clone(&self.fleet);
         let timeout = self.config.remove_timeout;
-        tokio::spawn(async move {
+        self.spawn_background(async move {
             if let Err(error) = remove(&nats, &fleet, timeout, &node, &session_id).await {
                 tracing::warn!(%session_id, %node, %error, "could not remove a container");
             }

@@ -2,14 +2,63 @@
 
 use std::collections::BTreeMap;
 
-use messages::api::ListSessions;
-use messages::control::{NodeDeclaration, TemplateDefinition};
+use messages::api::nodes::NodeDeclaration;
+use messages::api::sessions::ListSessions;
 use messages::execution::{Execution, ExecutionResult, ExecutionStatus, Language};
 use messages::node::{Heartbeat, NodeRegistration, NodeSelfStatus};
-use messages::session::{NetworkMode, Resources, Session, SessionStatus};
+use messages::session::{Session, SessionStatus};
+use messages::template::{NetworkMode, Resources, TemplateDefinition};
 use messages::{ErrorCode, ExecutionId, NodeId, SessionId};
 use sandbox_ops::testkit::Postgres;
-use scheduler_worker::store::{self, Store, Transition};
+use scheduler_worker::store::{self, Applied, Store, Transition};
+
+/// A transition's outcome as these cases read it: the session and whether it changed.
+trait AsPair {
+    fn pair(self) -> Option<(Session, bool)>;
+}
+
+impl AsPair for Applied {
+    fn pair(self) -> Option<(Session, bool)> {
+        match self {
+            Applied::Changed(session) => Some((session, true)),
+            Applied::Unchanged(session) => Some((session, false)),
+            Applied::Missing => None,
+        }
+    }
+}
+
+fn to(status: SessionStatus) -> Transition {
+    Transition {
+        status,
+        runtime_node: None,
+        container_id: None,
+        failure_code: None,
+        failure_reason: None,
+    }
+}
+
+fn creating_on(node: NodeId) -> Transition {
+    Transition {
+        runtime_node: Some(node),
+        ..to(SessionStatus::Creating)
+    }
+}
+
+fn running(node: NodeId, container_id: String) -> Transition {
+    Transition {
+        runtime_node: Some(node),
+        container_id: Some(container_id),
+        ..to(SessionStatus::Running)
+    }
+}
+
+fn ended(status: SessionStatus, code: ErrorCode, reason: &str) -> Transition {
+    Transition {
+        failure_code: Some(code),
+        failure_reason: Some(reason.to_owned()),
+        ..to(status)
+    }
+}
 
 fn session(id: &str, template_id: &str, created_at: chrono::DateTime<chrono::Utc>) -> Session {
     Session {
@@ -64,13 +113,13 @@ async fn behaves_as_designed(store: &Store) {
         .await
         .expect("reads")
         .expect("seeded");
-    assert_eq!(template.image_url, "sandbox-executor:v1.0");
-    assert_eq!(template.network, NetworkMode::None);
+    assert_eq!(template.definition.image_url, "sandbox-executor:v1.0");
+    assert_eq!(template.definition.network, NetworkMode::None);
     let templates = store.list_templates().await.expect("lists");
     assert!(
         templates
             .iter()
-            .any(|t| t.network == NetworkMode::SandboxNetwork)
+            .any(|t| t.definition.network == NetworkMode::SandboxNetwork)
     );
     assert!(store.get_template("nope").await.expect("reads").is_none());
 
@@ -90,40 +139,44 @@ async fn behaves_as_designed(store: &Store) {
             .await
             .expect("inserts")
     );
-    let (read, read_env) = store
-        .get_session_with_env(&first.id)
+    let (read, read_spec) = store
+        .get_session_with_spec(&first.id)
         .await
         .expect("reads")
         .expect("exists");
     assert_eq!(read, first);
-    assert_eq!(read_env, env);
+    assert_eq!(read_spec.env, env);
+    assert_eq!(read_spec.image, first.image);
 
     // Transitions are guarded by the current status.
     let pending = [SessionStatus::Pending, SessionStatus::Creating];
     let (creating, changed) = store
-        .transition(&first.id, &pending, &Transition::creating_on(node_id()))
+        .transition(&first.id, &pending, &creating_on(node_id()))
         .await
         .expect("updates")
+        .pair()
         .expect("exists");
     assert!(changed);
     assert_eq!(creating.status, SessionStatus::Creating);
     assert_eq!(creating.runtime_node, Some(node_id()));
-    let running = Transition::running(node_id(), "c0ffee".into());
+    let to_running = running(node_id(), "c0ffee".into());
     let (running_session, changed) = store
-        .transition(&first.id, &pending, &running)
+        .transition(&first.id, &pending, &to_running)
         .await
         .expect("updates")
+        .pair()
         .expect("exists");
     assert!(changed);
     assert_eq!(running_session.status, SessionStatus::Running);
     assert_eq!(running_session.container_id.as_deref(), Some("c0ffee"));
     assert!(running_session.started_at.is_some());
     // A late "running" or "failed" meant for a pending session changes nothing now.
-    let failed = Transition::failed(ErrorCode::NoHealthyNodes, "none");
+    let failed = ended(SessionStatus::Failed, ErrorCode::NoHealthyNodes, "none");
     let (unchanged, changed) = store
         .transition(&first.id, &pending, &failed)
         .await
         .expect("updates")
+        .pair()
         .expect("exists");
     assert!(!changed);
     assert_eq!(unchanged.status, SessionStatus::Running);
@@ -131,10 +184,11 @@ async fn behaves_as_designed(store: &Store) {
         .transition(
             &first.id,
             &[SessionStatus::Running],
-            &Transition::to(SessionStatus::Terminated),
+            &to(SessionStatus::Terminated),
         )
         .await
         .expect("updates")
+        .pair()
         .expect("exists");
     assert!(changed);
     assert!(terminated.ended_at.is_some());
@@ -145,6 +199,7 @@ async fn behaves_as_designed(store: &Store) {
             .transition(&missing, &pending, &failed)
             .await
             .expect("updates")
+            .pair()
             .is_none()
     );
 
@@ -158,6 +213,7 @@ async fn behaves_as_designed(store: &Store) {
         .transition(&second.id, &pending, &failed)
         .await
         .expect("updates")
+        .pair()
         .expect("exists");
     assert_eq!(failed_session.failure_code, Some(ErrorCode::NoHealthyNodes));
     assert_eq!(failed_session.failure_reason.as_deref(), Some("none"));
@@ -369,9 +425,9 @@ async fn operations_behave(store: &Store, registration: &NodeRegistration) {
         .expect("found");
     assert_eq!(
         (
-            updated.timeout_seconds,
-            updated.network,
-            updated.warm_pool_size
+            updated.definition.timeout_seconds,
+            updated.definition.network,
+            updated.definition.warm_pool_size
         ),
         (45, NetworkMode::SandboxNetwork, 3)
     );
@@ -384,7 +440,7 @@ async fn operations_behave(store: &Store, registration: &NodeRegistration) {
             .is_none()
     );
     let deleted = store.delete_template("t-ops").await.expect("deletes");
-    assert_eq!(deleted.map(|t| t.id), Some("t-ops".to_owned()));
+    assert_eq!(deleted.map(|t| t.definition.id), Some("t-ops".to_owned()));
     assert!(
         store
             .delete_template("t-ops")
@@ -409,6 +465,7 @@ async fn operations_behave(store: &Store, registration: &NodeRegistration) {
         .set_session_timeout(&expiring.id, 120, base)
         .await
         .expect("sets")
+        .pair()
         .expect("found");
     assert!(changed);
     assert_eq!(kept.timeout_seconds, 120);
@@ -422,11 +479,12 @@ async fn operations_behave(store: &Store, registration: &NodeRegistration) {
         .await
         .expect("queries");
     assert!(!stuck.iter().any(|s| s.id.as_str() == "life-1"), "it runs");
-    let lost = Transition::ended(SessionStatus::Lost, ErrorCode::NodeLost, "node_lost");
+    let lost = ended(SessionStatus::Lost, ErrorCode::NodeLost, "node_lost");
     let (ended, _) = store
         .transition(&expiring.id, &[SessionStatus::Running], &lost)
         .await
         .expect("transitions")
+        .pair()
         .expect("found");
     assert_eq!(ended.status, SessionStatus::Lost);
     assert!(ended.ended_at.is_some());
@@ -434,6 +492,7 @@ async fn operations_behave(store: &Store, registration: &NodeRegistration) {
         .set_session_timeout(&expiring.id, 120, base)
         .await
         .expect("no-op")
+        .pair()
         .expect("found");
     assert!(!changed, "an ended session is not kept alive");
 }

@@ -37,6 +37,10 @@ pub(super) enum Write {
         done: oneshot::Sender<Result<Option<SessionRow>, StoreError>>,
         row: Option<Box<SessionRow>>,
     },
+    /// Writes nothing: answered once every write queued before it is committed.
+    Barrier {
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// Hands writes to the one task that commits them in batches. Cheap to clone; the task ends
@@ -65,6 +69,14 @@ impl Batcher {
             .await
             .map_err(|_| StoreError::WriterGone)?;
         outcome.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Returns once every write queued so far is committed (or failed): at shutdown, so the
+    /// last placements' writes are in before the process ends.
+    pub(super) async fn close(&self) {
+        if let Err(error) = self.submit(|done| Write::Barrier { done }).await {
+            tracing::warn!(%error, "the database writer stopped before its last writes");
+        }
     }
 }
 
@@ -161,6 +173,7 @@ impl Write {
                         .await?;
                 *row = updated.map(Box::new);
             }
+            Write::Barrier { .. } => {}
         }
         Ok(())
     }
@@ -174,6 +187,9 @@ impl Write {
             }
             Write::Transition { done, row, .. } => {
                 let _ = done.send(outcome.map(|()| row.map(|row| *row)));
+            }
+            Write::Barrier { done } => {
+                let _ = done.send(outcome);
             }
         }
     }

@@ -6,7 +6,7 @@ use messages::execution::{Execution, ExecutionResult, ExecutionStatus};
 use messages::{ExecutionId, NodeId, SessionId};
 
 use super::rows::{self, ExecutionRow};
-use super::{Pool, Store, StoreError};
+use super::{Store, StoreError};
 
 /// A run whose result is overdue, as the sweep sees it.
 #[derive(Debug, Clone)]

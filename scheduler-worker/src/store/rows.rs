@@ -1,12 +1,12 @@
 //! Database rows and their conversion into the wire types, checking every stored value.
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use messages::execution::{Execution, ExecutionStatus, Language};
 use messages::node::NodeRegistration;
-use messages::session::{NetworkMode, Resources, Session, SessionStatus, Template};
+use messages::session::{Session, SessionStatus};
+use messages::template::{ContainerSpec, NetworkMode, Resources, Template, TemplateDefinition};
 use messages::{ErrorCode, ExecutionId, NodeId, SessionId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -77,7 +77,7 @@ impl TryFrom<TemplateRow> for Template {
             table: "templates",
             id: row.id.clone(),
         };
-        Ok(Template {
+        let definition = TemplateDefinition {
             resources: Resources {
                 cpu_cores: row.cpu_cores,
                 memory_mb: check.unsigned("memory_mb", row.memory_mb)?,
@@ -91,6 +91,9 @@ impl TryFrom<TemplateRow> for Template {
             name: row.name,
             description: row.description,
             image_url: row.image_url,
+        };
+        Ok(Template {
+            definition,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
@@ -121,9 +124,9 @@ pub(super) struct SessionRow {
 }
 
 impl SessionRow {
-    pub(super) fn into_session_and_env(
-        self,
-    ) -> Result<(Session, BTreeMap<String, String>), StoreError> {
+    /// The session, and the spec its container is made from (its image, limits and network
+    /// are the session's; its environment is kept only here).
+    pub(super) fn into_session_and_spec(self) -> Result<(Session, ContainerSpec), StoreError> {
         let check = Check {
             table: "sessions",
             id: self.id.clone(),
@@ -154,8 +157,13 @@ impl SessionRow {
             timeout_seconds: check.unsigned("timeout_seconds", self.timeout_seconds)?,
             expires_at: self.expires_at,
         };
-        let env = check.json("env", &self.env)?;
-        Ok((session, env))
+        let spec = ContainerSpec {
+            image: session.image.clone(),
+            resources: session.resources,
+            network: session.network,
+            env: check.json("env", &self.env)?,
+        };
+        Ok((session, spec))
     }
 }
 
