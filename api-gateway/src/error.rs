@@ -141,6 +141,19 @@ impl From<BusError> for ApiError {
                     "the message bus is not reachable; try again shortly",
                 )
             }
+            BusError::Schema { reason, .. } => {
+                // A scheduler of a newer schema answered: a version skew an upgrade mends.
+                tracing::error!(error = %reason, "an answer of a newer schema from a scheduler");
+                Self {
+                    status: StatusCode::BAD_GATEWAY,
+                    code: ErrorCode::Internal.as_str(),
+                    message: format!(
+                        "a scheduler sent an answer this gateway cannot read: {}",
+                        reason.message
+                    ),
+                    session_id: None,
+                }
+            }
             BusError::Codec(codec) => {
                 // A scheduler answered with something this build cannot read: a version skew.
                 tracing::error!(error = %codec, "undecodable answer from a scheduler");
@@ -153,6 +166,12 @@ impl From<BusError> for ApiError {
             }
         }
     }
+}
+
+/// The code of an error answer, left in the response for the request log.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorLogged {
+    pub code: &'static str,
 }
 
 #[derive(Serialize)]
@@ -177,7 +196,11 @@ impl IntoResponse for ApiError {
                 session_id: self.session_id.as_ref(),
             },
         };
-        (self.status, axum::Json(envelope)).into_response()
+        let mut response = (self.status, axum::Json(envelope)).into_response();
+        response
+            .extensions_mut()
+            .insert(ErrorLogged { code: self.code });
+        response
     }
 }
 

@@ -8,12 +8,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
-use messages::api::GetSession;
+use messages::NodeCommand;
+use messages::api::sessions::GetSession;
 use messages::files::{
     AbortUpload, CHUNK_BYTES, DeleteFile, FileChunk, FileDeleted, FileListing, ListFiles,
     ReadFileChunk, WorkspacePath, WriteFileChunk,
 };
-use messages::node::NodeCommand;
 use messages::session::SessionStatus;
 use messages::{ErrorCode, NodeId, SessionId};
 use serde::Deserialize;

@@ -16,8 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use messages::api::GetSession;
-use messages::control::NodeDeclaration;
+use messages::api::nodes::NodeDeclaration;
+use messages::api::sessions::GetSession;
 use messages::node::{
     ContainerExited, ContainerReady, ExitReason, Heartbeat, NodeRegistration, NodeSelfStatus,
     RegistrationAccepted,

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod error;
+mod execution_stream;
 mod executions;
 mod extract;
 mod files;
@@ -13,22 +14,23 @@ mod sessions;
 mod templates;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use service_kit::bus;
 use service_kit::tasks::Tasks;
+use service_kit::{bus, streams};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 pub use crate::config::Config;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorLogged};
 
 /// Time left after the last in-flight NATS request for the server to wind down on shutdown.
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
@@ -41,6 +43,8 @@ pub(crate) struct AppState {
     create_wait: Duration,
     request_timeout: Duration,
     max_file_bytes: u64,
+    /// Templates as creates last read them (a second's copy).
+    templates: Arc<templates::RecentTemplates>,
     /// Shutdown ends waiting creates early, so they answer before the server stops.
     cancel: CancellationToken,
 }
@@ -80,8 +84,8 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     let mut jetstream = async_nats::jetstream::new(nats.clone());
     // Bounds the wait for a publish ack like any other request to the control plane.
     jetstream.set_timeout(config.request_timeout);
-    bus::ensure_sessions_stream(&jetstream).await?;
-    bus::ensure_executions_stream(&jetstream).await?;
+    streams::ensure_sessions_stream(&jetstream).await?;
+    streams::ensure_executions_stream(&jetstream).await?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -114,6 +118,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         create_wait: config.create_wait,
         request_timeout: config.request_timeout,
         max_file_bytes: config.max_file_bytes,
+        templates: Arc::default(),
         cancel: cancel.clone(),
     };
     let app = router(state.clone(), config.max_body_bytes);
@@ -167,7 +172,10 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
             get(executions::list).post(executions::run),
         )
         .route("/api/v1/executions/{id}", get(executions::get))
-        .route("/api/v1/executions/{id}/stream", get(executions::stream))
+        .route(
+            "/api/v1/executions/{id}/stream",
+            get(execution_stream::stream),
+        )
         .route("/api/v1/sessions/{id}/files", get(files::list))
         .route(
             "/api/v1/sessions/{id}/files/{*path}",
@@ -232,19 +240,27 @@ pub(crate) async fn wrong_method(request: Request) -> ApiError {
     )
 }
 
-/// Logs every request with its outcome, in a span that continues the client's trace if the
-/// request carries one (`traceparent`).
+/// Logs every request with its outcome (and an error's code), in a span that continues the
+/// client's trace if the request carries one (`traceparent`). The span names the route as
+/// declared (`/api/v1/sessions/{id}`), so spans group by route; the raw path is a field.
 pub(crate) async fn log_request(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let span = tracing::info_span!("http.request", %method, %path);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |route| route.as_str().to_owned());
+    let span = tracing::info_span!("http.request", %method, %route, %path);
     bus::adopt_http_parent(&span, request.headers());
     let started = Instant::now();
     let response = next.run(request).instrument(span).await;
+    let error = response.extensions().get::<ErrorLogged>();
     tracing::info!(
         %method,
+        %route,
         %path,
         status = response.status().as_u16(),
+        error = error.map(|logged| logged.code),
         latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         "request"
     );

@@ -1,16 +1,15 @@
-//! The `api-gateway` binary: configuration from flags and `API_GATEWAY_*`, then [`api_gateway::start`].
+//! The `api-gateway` binary: configuration from flags and `API_GATEWAY_*`, checked before
+//! anything binds, then [`api_gateway::start`] until SIGTERM or SIGINT.
+
+use std::process::ExitCode;
 
 use clap::Parser as _;
-use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = api_gateway::Config::parse();
-    let telemetry = service_kit::telemetry::init("api-gateway")?;
-    let cancel = CancellationToken::new();
-    service_kit::tasks::cancel_on_signal(cancel.clone())?;
-    let running = api_gateway::start(config, cancel).await?;
-    let result = running.wait().await;
-    telemetry.shutdown();
-    result
+fn main() -> ExitCode {
+    service_kit::service::main(
+        "api-gateway",
+        api_gateway::Config::parse(),
+        api_gateway::Config::validate,
+        |config, cancel| async move { api_gateway::start(config, cancel).await?.wait().await },
+    )
 }

@@ -6,8 +6,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use messages::NodeId;
-use messages::api::{GetNode, ListNodes, NodeInfo};
-use messages::control::{DeclareNode, NodeDeclaration, SetNodeDrain};
+use messages::api::nodes::{DeclareNode, GetNode, ListNodes, NodeDeclaration, SetNodeDrain};
+use messages::node::NodeInfo;
 use serde::Serialize;
 use service_kit::bus;
 

@@ -10,13 +10,12 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use futures::StreamExt as _;
-use messages::api::{
-    ApiRequest, DeleteSession, GetSession, GetTemplate, ListSessions, SessionPage,
+use messages::api::sessions::{
+    DeleteSession, GetSession, ListSessions, SessionPage, SetSessionTimeout,
 };
-use messages::control::SetSessionTimeout;
 use messages::headers::MSG_ID;
-use messages::session::{CreateSession, Session, SessionStatus, check_timeout};
-use messages::{ErrorCode, SessionId, subjects};
+use messages::session::{CreateSession, Session, SessionStatus, at_storage_precision};
+use messages::{ApiRequest, ErrorCode, SessionId, limits, subjects};
 use serde::Deserialize;
 use service_kit::bus::{self, BusError};
 use tracing::field::Empty;
@@ -24,9 +23,7 @@ use tracing::field::Empty;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::input;
-
-const MAX_TEMPLATE_ID_CHARS: usize = 128;
+use crate::input::{self, unprocessable};
 
 /// The body of `POST /api/v1/sessions`.
 #[derive(Debug, Deserialize)]
@@ -42,17 +39,10 @@ pub(crate) struct CreateSessionBody {
 
 impl CreateSessionBody {
     fn validate(&self) -> Result<(), ApiError> {
-        let invalid =
-            |message: String| ApiError::invalid(StatusCode::UNPROCESSABLE_ENTITY, message);
-        let template_chars = self.template_id.chars().count();
-        if !(1..=MAX_TEMPLATE_ID_CHARS).contains(&template_chars) {
-            return Err(invalid(format!(
-                "template_id must have 1 to {MAX_TEMPLATE_ID_CHARS} characters"
-            )));
-        }
+        limits::check_template_id(&self.template_id).map_err(unprocessable)?;
         input::check_env(&self.env)?;
         if let Some(timeout) = self.timeout {
-            check_timeout(timeout).map_err(invalid)?;
+            limits::check_session_timeout(timeout).map_err(unprocessable)?;
         }
         Ok(())
     }
@@ -86,18 +76,7 @@ pub(crate) async fn create(
     let span = tracing::Span::current();
     span.record("template_id", body.template_id.as_str());
 
-    let template = ApiError::found(
-        "template",
-        &body.template_id,
-        bus::api_request(
-            &state.nats,
-            &GetTemplate {
-                template_id: body.template_id.clone(),
-            },
-            state.request_timeout,
-        )
-        .await,
-    )?;
+    let template = state.templates.get(&state, &body.template_id).await?;
 
     let session_id = SessionId::parse(uuid::Uuid::now_v7().to_string())
         .map_err(|error| ApiError::internal(format!("making a session id: {error}")))?;
@@ -116,7 +95,19 @@ pub(crate) async fn create(
         None
     };
 
-    let requested_at = Utc::now();
+    // At the database's precision: the session's `created_at`, so this answer and every read
+    // of the session agree.
+    let requested_at = at_storage_precision(Utc::now());
+    // What the early answer shows: the session as the scheduler will record it.
+    let accepted = Session::pending(
+        session_id.clone(),
+        &body.template_id,
+        &template.definition.image_url,
+        template.definition.resources,
+        template.definition.network,
+        body.timeout.unwrap_or(template.definition.timeout_seconds),
+        requested_at,
+    );
     publish_create(
         &state,
         &CreateSession {
@@ -132,10 +123,7 @@ pub(crate) async fn create(
     tracing::info!(session_id = %session_id, "session accepted");
 
     match status_updates {
-        None => Ok(session_response(
-            StatusCode::ACCEPTED,
-            Session::pending(session_id, &template, body.timeout, requested_at),
-        )),
+        None => Ok(session_response(StatusCode::ACCEPTED, accepted)),
         Some(updates) => {
             let session = wait_until_settled(&state, &session_id, updates).await?;
             answer_settled(session)
@@ -335,7 +323,7 @@ async fn ask_about_session<R: ApiRequest<Response = Session>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::input::{MAX_ENV_ENTRIES, MAX_ENV_VALUE_BYTES};
+    use messages::limits::{MAX_ENV_ENTRIES, MAX_ENV_VALUE_BYTES, MAX_TEMPLATE_ID_BYTES};
 
     fn body(template_id: &str, env: &[(&str, &str)]) -> CreateSessionBody {
         CreateSessionBody {
@@ -357,7 +345,7 @@ mod tests {
                 .is_ok()
         );
         assert!(
-            body(&"t".repeat(MAX_TEMPLATE_ID_CHARS), &[])
+            body(&"t".repeat(MAX_TEMPLATE_ID_BYTES), &[])
                 .validate()
                 .is_ok()
         );
@@ -373,7 +361,7 @@ mod tests {
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_str()))
             .collect();
-        let too_long_id = "t".repeat(MAX_TEMPLATE_ID_CHARS + 1);
+        let too_long_id = "t".repeat(MAX_TEMPLATE_ID_BYTES + 1);
         let cases = [
             body("", &[]),
             body(&too_long_id, &[]),
@@ -404,12 +392,12 @@ mod tests {
             runtime_node: None,
             container_id: None,
             image: "img".to_owned(),
-            resources: messages::session::Resources {
+            resources: messages::template::Resources {
                 cpu_cores: 1.0,
                 memory_mb: 256,
                 pids_limit: 64,
             },
-            network: messages::session::NetworkMode::None,
+            network: messages::template::NetworkMode::None,
             failure_code: None,
             failure_reason: None,
             created_at: Utc::now(),

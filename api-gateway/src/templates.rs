@@ -7,15 +7,63 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use messages::api::{GetTemplate, ListTemplates};
-use messages::control::{CreateTemplate, DeleteTemplate, TemplateDefinition, UpdateTemplate};
-use messages::session::{NetworkMode, Resources, Template};
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use messages::api::templates::{
+    CreateTemplate, DeleteTemplate, GetTemplate, ListTemplates, UpdateTemplate,
+};
+use messages::template::{NetworkMode, Resources, Template, TemplateDefinition};
 use serde::{Deserialize, Serialize};
 use service_kit::bus;
 
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath};
+use crate::input::unprocessable;
+
+/// How long a create may use a template as read before.
+const RECENT_FOR: Duration = Duration::from_secs(1);
+
+/// Templates as creates last read them, for a second: a burst of creates of one template asks
+/// the schedulers once a second instead of once per create. A change made through this gateway
+/// forgets its copy at once; one made through another shows within the second, as it does in
+/// the schedulers' own copies that placements use.
+#[derive(Debug, Default)]
+pub(crate) struct RecentTemplates {
+    copies: Mutex<HashMap<String, (Template, Instant)>>,
+}
+
+impl RecentTemplates {
+    /// The template for a create: a copy read within [`RECENT_FOR`], or the schedulers' answer
+    /// (404 when there is none).
+    pub(crate) async fn get(&self, state: &AppState, id: &str) -> Result<Template, ApiError> {
+        let now = Instant::now();
+        if let Some((template, _)) = self
+            .lock()
+            .get(id)
+            .filter(|(_, read_at)| now.duration_since(*read_at) < RECENT_FOR)
+        {
+            return Ok(template.clone());
+        }
+        let request = GetTemplate {
+            template_id: id.to_owned(),
+        };
+        let answer = bus::api_request(&state.nats, &request, state.request_timeout).await;
+        let template = ApiError::found("template", id, answer)?;
+        self.lock().insert(id.to_owned(), (template.clone(), now));
+        Ok(template)
+    }
+
+    fn forget(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Template, Instant)>> {
+        self.copies.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 /// The body of `GET /api/v1/templates`.
 #[derive(Debug, Serialize)]
@@ -91,8 +139,9 @@ pub(crate) struct TemplateBody {
 }
 
 impl TemplateBody {
-    fn into_definition(self, id: String) -> TemplateDefinition {
-        TemplateDefinition {
+    /// The definition the body describes, checked by the contract's rules (422 when not).
+    fn into_definition(self, id: String) -> Result<TemplateDefinition, ApiError> {
+        let definition = TemplateDefinition {
             name: self.name.unwrap_or_else(|| id.clone()),
             id,
             description: self.description,
@@ -106,7 +155,9 @@ impl TemplateBody {
             env: self.env,
             timeout_seconds: self.timeout,
             warm_pool_size: self.warm_pool_size,
-        }
+        };
+        definition.check().map_err(unprocessable)?;
+        Ok(definition)
     }
 }
 
@@ -123,10 +174,11 @@ pub(crate) async fn create(
         ));
     };
     let request = CreateTemplate {
-        definition: body.into_definition(id),
+        definition: body.into_definition(id)?,
     };
     let template = bus::api_request(&state.nats, &request, state.request_timeout).await?;
-    let location = format!("/api/v1/templates/{}", template.id);
+    state.templates.forget(template.id());
+    let location = format!("/api/v1/templates/{}", template.id());
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
@@ -151,9 +203,10 @@ pub(crate) async fn update(
         ));
     }
     let request = UpdateTemplate {
-        definition: body.into_definition(id.clone()),
+        definition: body.into_definition(id.clone())?,
     };
     let answer = bus::api_request(&state.nats, &request, state.request_timeout).await;
+    state.templates.forget(&id);
     Ok(Json(ApiError::found("template", &id, answer)?))
 }
 
@@ -167,5 +220,6 @@ pub(crate) async fn delete(
         template_id: id.clone(),
     };
     let answer = bus::api_request(&state.nats, &request, state.request_timeout).await;
+    state.templates.forget(&id);
     Ok(Json(ApiError::found("template", &id, answer)?))
 }
