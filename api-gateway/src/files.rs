@@ -79,7 +79,10 @@ async fn ask_node<C: NodeCommand>(
 }
 
 /// `PUT /api/v1/sessions/{id}/files/{path}`: the body becomes `/workspace/{path}`, replacing a
-/// file there; missing folders are made. The file appears whole or not at all.
+/// file there; missing folders are made. The file appears whole or not at all. The body is the
+/// file's bytes as they are, or a `multipart/form-data` form (what `curl -F file=@x` sends)
+/// whose `file` field (or only file field) is the file, read as it streams; a form-encoded body
+/// (`curl -d`, which also strips newlines) is refused, never stored.
 #[tracing::instrument(name = "gateway.upload_file", skip_all, fields(session_id = %id, path = %path))]
 pub(crate) async fn upload(
     State(state): State<AppState>,
@@ -89,11 +92,12 @@ pub(crate) async fn upload(
 ) -> Result<Response, ApiError> {
     let path = parse_file_path(&path)?;
     let limit = state.max_file_bytes;
+    let encoding = upload_encoding(&headers)?;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
+    if encoding == UploadEncoding::Raw && declared.is_some_and(|length| length > limit) {
         return Err(too_large(limit));
     }
     let (session_id, node) = running_session_node(&state, &id).await?;
@@ -110,13 +114,86 @@ pub(crate) async fn upload(
             last: false,
         },
     };
-    match upload.send_body(body, limit).await {
+    let sent = match encoding {
+        UploadEncoding::Raw => upload.send(body.into_data_stream(), limit).await,
+        UploadEncoding::Multipart(boundary) => {
+            let mut form = multer::Multipart::new(body.into_data_stream(), boundary);
+            match file_field(&mut form).await {
+                Ok(field) => upload.send(field, limit).await,
+                Err(error) => Err(error),
+            }
+        }
+    };
+    match sent {
         Ok(entry) => Ok((StatusCode::CREATED, Json(entry)).into_response()),
         Err(error) => {
             upload.abort().await;
             Err(error)
         }
     }
+}
+
+/// How an upload's body carries the file.
+#[derive(Debug, PartialEq, Eq)]
+enum UploadEncoding {
+    /// The bytes of the file, as they are (any content type but the two below).
+    Raw,
+    /// A `multipart/form-data` form with this boundary.
+    Multipart(String),
+}
+
+/// The body's encoding from its content type; a form-encoded body is refused (415).
+fn upload_encoding(headers: &HeaderMap) -> Result<UploadEncoding, ApiError> {
+    let Some(content_type) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return Ok(UploadEncoding::Raw);
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "multipart/form-data" => multer::parse_boundary(content_type)
+            .map(UploadEncoding::Multipart)
+            .map_err(|error| {
+                ApiError::invalid(
+                    StatusCode::BAD_REQUEST,
+                    format!("a multipart/form-data body needs its boundary: {error}"),
+                )
+            }),
+        "application/x-www-form-urlencoded" => Err(ApiError::rejected(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a form-encoded body is not a file (curl -d also strips its newlines): send the \
+             file's bytes as they are (curl --data-binary @FILE, or -T FILE) or as multipart \
+             form data (curl -F file=@FILE)",
+        )),
+        _ => Ok(UploadEncoding::Raw),
+    }
+}
+
+/// The form's file: its field named `file`, else its first field with a file name.
+async fn file_field(
+    form: &mut multer::Multipart<'static>,
+) -> Result<multer::Field<'static>, ApiError> {
+    let unreadable = |error: multer::Error| {
+        ApiError::invalid(
+            StatusCode::BAD_REQUEST,
+            format!("reading the multipart form: {error}"),
+        )
+    };
+    while let Some(field) = form.next_field().await.map_err(unreadable)? {
+        if field.name() == Some("file") || field.file_name().is_some() {
+            return Ok(field);
+        }
+    }
+    Err(ApiError::invalid(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the multipart form has no file: send it in a field named file (curl -F file=@FILE)",
+    ))
 }
 
 fn too_large(limit: u64) -> ApiError {
@@ -134,14 +211,14 @@ struct Upload<'a> {
 }
 
 impl Upload<'_> {
-    async fn send_body(
+    /// Sends the file's bytes as they arrive, one chunk per request, then the last chunk.
+    async fn send<E: std::fmt::Display>(
         &mut self,
-        body: Body,
+        mut data: impl futures::Stream<Item = Result<Bytes, E>> + Unpin,
         limit: u64,
     ) -> Result<messages::files::FileEntry, ApiError> {
-        let mut frames = body.into_data_stream();
         let mut received: u64 = 0;
-        while let Some(frame) = frames.next().await {
+        while let Some(frame) = data.next().await {
             let mut bytes: Bytes = frame.map_err(|error| {
                 ApiError::invalid(
                     StatusCode::BAD_REQUEST,
@@ -157,11 +234,11 @@ impl Upload<'_> {
                 let part = bytes.split_to(room.min(bytes.len()));
                 self.chunk.data.extend_from_slice(&part);
                 if self.chunk.data.len() == CHUNK_BYTES {
-                    self.send(false).await?;
+                    self.send_chunk(false).await?;
                 }
             }
         }
-        let progress = self.send(true).await?;
+        let progress = self.send_chunk(true).await?;
         progress.entry.ok_or_else(|| {
             ApiError::from_code(
                 ErrorCode::RuntimeError,
@@ -170,7 +247,10 @@ impl Upload<'_> {
         })
     }
 
-    async fn send(&mut self, last: bool) -> Result<messages::files::FileWriteProgress, ApiError> {
+    async fn send_chunk(
+        &mut self,
+        last: bool,
+    ) -> Result<messages::files::FileWriteProgress, ApiError> {
         self.chunk.last = last;
         let progress = ask_node(self.state, self.node, &self.chunk).await?;
         self.chunk.offset += self.chunk.data.len() as u64;
@@ -296,4 +376,39 @@ pub(crate) async fn delete(
     Ok(Json(
         ask_node(&state, &node, &DeleteFile { session_id, path }).await?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn with_type(content_type: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(content_type).expect("a header value"),
+        );
+        headers
+    }
+
+    #[test]
+    fn uploads_are_raw_multipart_or_refused() {
+        assert_eq!(upload_encoding(&HeaderMap::new()), Ok(UploadEncoding::Raw));
+        assert_eq!(
+            upload_encoding(&with_type("application/octet-stream")),
+            Ok(UploadEncoding::Raw)
+        );
+        assert_eq!(
+            upload_encoding(&with_type("Multipart/Form-Data; boundary=xyz")),
+            Ok(UploadEncoding::Multipart("xyz".to_owned()))
+        );
+        let form =
+            upload_encoding(&with_type("application/x-www-form-urlencoded")).expect_err("refused");
+        assert_eq!(form.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(form.message.contains("--data-binary"), "{}", form.message);
+        let no_boundary = upload_encoding(&with_type("multipart/form-data")).expect_err("refused");
+        assert_eq!(no_boundary.status, StatusCode::BAD_REQUEST);
+    }
 }
