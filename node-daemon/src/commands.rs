@@ -1,30 +1,21 @@
-//! Answers the commands on `runtime.cmd.<node_id>.<verb>`, and makes and removes session
-//! containers (the other verbs are in `executions.rs` and `files.rs`). Each request runs in a
-//! task of its own, so a slow create does not hold up the others.
+//! `containers.create` and `containers.remove`: a session's container made (or claimed warm),
+//! answered again on a repeat, and removed. The other verbs are in `executions.rs` and
+//! `files.rs`.
 
-use std::collections::BTreeMap;
-use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::{Message, Subscriber};
 use chrono::Utc;
-use futures::StreamExt as _;
 use messages::node::{
-    ContainerCreated, ContainerReady, ContainerRemoved, CreateContainer, NodeCommand,
-    RemoveContainer,
+    ContainerCreated, ContainerReady, ContainerRemoved, CreateContainer, RemoveContainer,
 };
-use messages::session::Resources;
-use messages::{ErrorBody, ErrorCode, Reply, SessionId, subjects};
+use messages::{ErrorBody, ErrorCode, SessionId, subjects};
 use service_kit::bus;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
 use crate::docker::{ContainerFacts, DockerError, SandboxContainer};
 use crate::ledger::{Admission, Demand};
 use crate::node::Node;
 use crate::pool;
+use crate::serve::Command;
 
 /// The largest memory limit a request may name: its byte count must fit Docker's i64.
 const MAX_MEMORY_MB: u64 = (i64::MAX as u64) >> 20;
@@ -32,22 +23,6 @@ const MAX_MEMORY_MB: u64 = (i64::MAX as u64) >> 20;
 /// How long a create that lost the race for a container name waits for the winner's container.
 const CONFLICT_WAIT: Duration = Duration::from_secs(10);
 const CONFLICT_POLL_INTERVAL: Duration = Duration::from_millis(50);
-
-/// A command this node answers.
-pub(crate) trait Command: NodeCommand<Response: Send + Sync> + Send + 'static {
-    /// The span the handling runs in, made a child of the requester's trace.
-    fn span(&self) -> tracing::Span;
-
-    /// The session the command is about; one session's commands run one at a time.
-    fn session_id(&self) -> &SessionId;
-
-    /// Whether the session's lock is held for the whole command. Commands that talk to the
-    /// session's agent hold it only while finding the agent (`agent::for_session`), so an agent
-    /// slow to answer does not hold up a remove.
-    const LOCKS_WHOLE_COMMAND: bool = true;
-
-    fn run(self, node: &Node) -> impl Future<Output = Result<Self::Response, ErrorBody>> + Send;
-}
 
 impl Command for CreateContainer {
     fn span(&self) -> tracing::Span {
@@ -74,80 +49,6 @@ impl Command for RemoveContainer {
 
     async fn run(self, node: &Node) -> Result<ContainerRemoved, ErrorBody> {
         remove_container(node, self).await
-    }
-}
-
-/// Takes requests from `subscriber` until cancelled, then lets those in progress finish.
-pub(crate) async fn serve<C: Command>(
-    node: Arc<Node>,
-    mut subscriber: Subscriber,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut in_progress = JoinSet::new();
-    let outcome = loop {
-        tokio::select! {
-            () = cancel.cancelled() => break Ok(()),
-            Some(finished) = in_progress.join_next(), if !in_progress.is_empty() => {
-                log_panic(finished);
-            }
-            message = subscriber.next() => match message {
-                Some(message) => {
-                    in_progress.spawn(answer::<C>(Arc::clone(&node), message));
-                }
-                None => break Err(anyhow::anyhow!(
-                    "the {} subscription ended", C::VERB.as_str()
-                )),
-            },
-        }
-    };
-    drop(subscriber);
-    while let Some(finished) = in_progress.join_next().await {
-        log_panic(finished);
-    }
-    outcome
-}
-
-fn log_panic(finished: Result<(), tokio::task::JoinError>) {
-    if let Err(error) = finished {
-        tracing::error!(%error, "a command handler panicked");
-    }
-}
-
-/// Decodes, handles and answers one request.
-async fn answer<C: Command>(node: Arc<Node>, message: Message) {
-    match messages::decode::<C>(&message.payload) {
-        Err(error) => {
-            tracing::warn!(subject = %message.subject, %error, "refusing a malformed command");
-            let reply = Reply::<C::Response>::Error(ErrorBody::new(
-                ErrorCode::InvalidRequest,
-                format!("malformed {} request: {error}", C::VERB.as_str()),
-            ));
-            send_reply(&node, &message, &reply).await;
-        }
-        Ok(command) => {
-            let span = command.span();
-            bus::adopt_remote_parent(&span, message.headers.as_ref());
-            async {
-                let _one_at_a_time = if C::LOCKS_WHOLE_COMMAND {
-                    Some(node.lock_session(command.session_id()).await)
-                } else {
-                    None
-                };
-                let reply = Reply::from(command.run(&node).await);
-                if let Reply::Error(error) = &reply {
-                    tracing::warn!(%error, "command refused");
-                }
-                send_reply(&node, &message, &reply).await;
-            }
-            .instrument(span)
-            .await;
-        }
-    }
-}
-
-async fn send_reply<T: serde::Serialize>(node: &Node, message: &Message, reply: &Reply<T>) {
-    if let Err(error) = bus::respond(&node.nats, message, reply).await {
-        tracing::warn!(%error, "answering a command failed");
     }
 }
 
@@ -346,46 +247,17 @@ async fn remove_container(
     })
 }
 
-/// Refuses what Docker would refuse less clearly, or what would not fit its API.
+/// The shared input rules, and what Docker's API needs beyond them.
 fn check_request(command: &CreateContainer) -> Result<(), ErrorBody> {
     let spec = &command.spec;
-    let invalid = |message: String| Err(ErrorBody::new(ErrorCode::InvalidRequest, message));
-    if !messages::session::is_image_reference(&spec.image) {
-        return invalid(format!("{:?} is not an image reference", spec.image));
-    }
-    let Resources {
-        cpu_cores,
-        memory_mb,
-        pids_limit,
-    } = spec.resources;
-    if !(cpu_cores.is_finite() && cpu_cores > 0.0) {
-        return invalid(format!("cpu_cores must be more than zero, not {cpu_cores}"));
-    }
-    if !(1..=MAX_MEMORY_MB).contains(&memory_mb) {
-        return invalid(format!(
-            "memory_mb must be between 1 and {MAX_MEMORY_MB}, not {memory_mb}"
-        ));
-    }
-    if pids_limit == 0 {
-        return invalid("pids_limit must be more than zero".to_owned());
-    }
-    if let Some(problem) = env_problem(&spec.env) {
-        return invalid(problem);
+    spec.check().map_err(ErrorBody::invalid)?;
+    let memory_mb = spec.resources.memory_mb;
+    if memory_mb > MAX_MEMORY_MB {
+        return Err(ErrorBody::invalid(format!(
+            "memory_mb must be at most {MAX_MEMORY_MB} for Docker, not {memory_mb}"
+        )));
     }
     Ok(())
-}
-
-/// What makes `env` unfit for a process environment, if anything.
-pub(crate) fn env_problem(env: &BTreeMap<String, String>) -> Option<String> {
-    env.iter().find_map(|(key, value)| {
-        if key.is_empty() || key.contains(['=', '\0']) {
-            Some(format!("{key:?} is not an environment variable name"))
-        } else if value.contains('\0') {
-            Some(format!("the value of {key:?} contains a NUL byte"))
-        } else {
-            None
-        }
-    })
 }
 
 /// A container of this name made by someone else is not this node's to use or remove.

@@ -16,7 +16,7 @@ use bollard::query_parameters::{
     RenameContainerOptionsBuilder,
 };
 use futures::{Stream, StreamExt as _};
-use messages::session::{ContainerSpec, NetworkMode};
+use messages::template::{ContainerSpec, NetworkMode};
 use messages::{NodeId, SessionId, labels};
 
 use crate::ledger::Demand;
@@ -494,7 +494,7 @@ fn node_label(node_id: &NodeId) -> String {
 mod tests {
     use std::collections::BTreeMap;
 
-    use messages::session::Resources;
+    use messages::template::Resources;
 
     use super::*;
 

@@ -9,17 +9,16 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use chrono::{DateTime, Utc};
 use messages::execution::{
-    ExecutionOutput, ExecutionResult, ExecutionStarted, ExecutionStatus, MAX_TIMEOUT_SECS,
-    OutputStream, RunExecution,
+    ExecutionOutput, ExecutionResult, ExecutionStarted, ExecutionStatus, OutputStream, RunExecution,
 };
 use messages::headers::MSG_ID;
-use messages::{ErrorBody, ErrorCode, ExecutionId, SessionId, subjects};
+use messages::{ErrorBody, ExecutionId, SessionId, subjects};
 use service_kit::bus;
 use tracing::Instrument as _;
 
 use crate::agent::{self, AgentChannel, AgentResult, Registration, RunEvent, RunEvents, truncate};
-use crate::commands::{Command, env_problem};
 use crate::node::Node;
+use crate::serve::Command;
 
 /// Room in a result message for everything but the two output streams: the return value, the
 /// error, the other fields and the headers.
@@ -66,22 +65,8 @@ impl Command for RunExecution {
     }
 }
 
-fn check_run(command: &RunExecution) -> Result<(), ErrorBody> {
-    let invalid = |message: String| Err(ErrorBody::new(ErrorCode::InvalidRequest, message));
-    if !(1..=MAX_TIMEOUT_SECS).contains(&command.timeout_secs) {
-        return invalid(format!(
-            "timeout_secs must be between 1 and {MAX_TIMEOUT_SECS}, not {}",
-            command.timeout_secs
-        ));
-    }
-    if let Some(problem) = env_problem(&command.env) {
-        return invalid(problem);
-    }
-    Ok(())
-}
-
 async fn start(node: &Node, command: RunExecution) -> Result<ExecutionStarted, ErrorBody> {
-    check_run(&command)?;
+    command.check().map_err(ErrorBody::invalid)?;
     let agent = agent::for_session(node, &command.session_id).await?;
     let events = match agent.register_run(&command.execution_id)? {
         // A repeated request (say, redelivered): the run it asked for is going already.

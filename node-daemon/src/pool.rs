@@ -3,16 +3,14 @@
 //! instead of starting a container. Warm containers count against capacity like any other; a
 //! claimed one was never given to anyone before, and the pool refills in the background.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use async_nats::Subscriber;
-use futures::StreamExt as _;
 use messages::SessionId;
-use messages::api::ListTemplates;
-use messages::session::ContainerSpec;
-use service_kit::bus;
+use messages::api::templates::{ListTemplates, TemplateUpdated};
+use messages::template::ContainerSpec;
+use service_kit::{Subscription, bus};
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -181,7 +179,7 @@ pub(crate) async fn discard_unclaimed(
 /// each claim.
 pub(crate) async fn maintain(
     node: Arc<Node>,
-    mut template_updates: Subscriber,
+    mut template_updates: Subscription<TemplateUpdated>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut refresh = tokio::time::interval(TEMPLATES_REFRESH);
@@ -192,7 +190,8 @@ pub(crate) async fn maintain(
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             _ = refresh.tick() => refresh_sizes(&node).await,
-            Some(_) = template_updates.next() => {
+            news = template_updates.next() => {
+                news?;
                 // Every node hears the news at once: each reads after its own random pause, so
                 // a large fleet does not ask at the same moment, and changes in quick
                 // succession cost one read.
@@ -229,10 +228,13 @@ async fn refresh_sizes(node: &Node) {
         let mut pools = node.pools.lock();
         let wanted: HashMap<String, (ContainerSpec, usize)> = templates
             .iter()
-            .filter(|template| template.warm_pool_size > 0)
+            .filter(|template| template.definition.warm_pool_size > 0)
             .map(|template| {
-                let size = usize::try_from(template.warm_pool_size).unwrap_or(usize::MAX);
-                (template.id.clone(), (template.container_spec(), size))
+                let size =
+                    usize::try_from(template.definition.warm_pool_size).unwrap_or(usize::MAX);
+                // A warm container is made without any session's environment.
+                let spec = template.container_spec_with(&BTreeMap::new());
+                (template.id().to_owned(), (spec, size))
             })
             .collect();
         pools.retain(|template_id, pool| {

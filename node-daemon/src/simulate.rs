@@ -24,12 +24,11 @@ use async_nats::{Message, Subscriber};
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use messages::node::{
-    ContainerCreated, ContainerReady, ContainerRemoved, CreateContainer, DiscoverNodes,
-    NodeRegistration, NodeSelfStatus, RemoveContainer,
+    ContainerCreated, ContainerReady, ContainerRemoved, CreateContainer, DiscoverNodes, NodePong,
+    NodeRegistration, NodeSelfStatus, PingNode, RemoveContainer,
 };
 use messages::simulation::{FleetStats, NodesSilenced, SilenceNodes};
-use messages::subjects::{self, NodeVerb};
-use messages::{ErrorBody, ErrorCode, NodeId, Reply, SessionId};
+use messages::{ErrorBody, ErrorCode, NodeCommand, NodeId, Reply, SessionId, subjects};
 use service_kit::bus;
 use service_kit::tasks::Tasks;
 use tokio::task::JoinSet;
@@ -111,10 +110,11 @@ struct Fleet {
 }
 
 impl Fleet {
-    fn node(&self, message: &Message) -> Option<&Arc<SimNode>> {
+    /// The live node `message` is addressed to as a `verb` command.
+    fn node(&self, message: &Message, verb: &str) -> Option<&Arc<SimNode>> {
         let node = self
             .by_id
-            .get(subjects::node_of_command(&message.subject)?)?;
+            .get(subjects::node_of_command(&message.subject, verb)?)?;
         (!node.silent()).then_some(node)
     }
 
@@ -224,9 +224,9 @@ pub(crate) async fn start(config: Config, cancel: CancellationToken) -> anyhow::
                 .with_context(|| format!("subscribing to {subject}"))
         }
     };
-    let creates = subscribe(subjects::node_command_any(NodeVerb::ContainersCreate)).await?;
-    let removes = subscribe(subjects::node_command_any(NodeVerb::ContainersRemove)).await?;
-    let pings = subscribe(subjects::node_command_any(NodeVerb::Ping)).await?;
+    let creates = subscribe(subjects::node_command_any(CreateContainer::VERB)).await?;
+    let removes = subscribe(subjects::node_command_any(RemoveContainer::VERB)).await?;
+    let pings = subscribe(subjects::node_command_any(PingNode::VERB)).await?;
     let discover = subscribe(subjects::nodes_discover().to_owned()).await?;
     let silence = subscribe(subjects::simulation_silence().to_owned()).await?;
     let stats = subscribe(subjects::simulation_stats().to_owned()).await?;
@@ -332,15 +332,14 @@ async fn serve_creates(
             }
             message = next_message(&mut subscriber, &cancel, "create") => {
                 let Some(message) = message? else { break };
-                let Some(node) = fleet.node(&message).cloned() else { continue };
+                let Some(node) = fleet.node(&message, CreateContainer::VERB).cloned() else {
+                    continue;
+                };
                 let fleet = Arc::clone(&fleet);
                 in_progress.spawn(async move {
-                    let answer = match messages::decode::<CreateContainer>(&message.payload) {
+                    let answer = match bus::decode_message::<CreateContainer>(&message) {
                         Ok(command) => Reply::from(create(&fleet, &node, command).await),
-                        Err(error) => Reply::Error(ErrorBody::new(
-                            ErrorCode::InvalidRequest,
-                            format!("malformed containers.create request: {error}"),
-                        )),
+                        Err(error) => Reply::Error(error),
                     };
                     reply(&fleet, &message, &answer).await;
                 });
@@ -483,10 +482,10 @@ async fn serve_removes(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     while let Some(message) = next_message(&mut subscriber, &cancel, "remove").await? {
-        let Some(node) = fleet.node(&message) else {
+        let Some(node) = fleet.node(&message, RemoveContainer::VERB) else {
             continue;
         };
-        let answer = match messages::decode::<RemoveContainer>(&message.payload) {
+        let answer = match bus::decode_message::<RemoveContainer>(&message) {
             Ok(RemoveContainer { session_id }) => {
                 let mut state = node.state();
                 let removed = match state.containers.remove(&session_id) {
@@ -509,10 +508,7 @@ async fn serve_removes(
                     usage: Some(state.ledger.snapshot()),
                 })
             }
-            Err(error) => Reply::Error(ErrorBody::new(
-                ErrorCode::InvalidRequest,
-                format!("malformed containers.remove request: {error}"),
-            )),
+            Err(error) => Reply::Error(error),
         };
         reply(&fleet, &message, &answer).await;
     }
@@ -525,9 +521,12 @@ async fn serve_pings(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     while let Some(message) = next_message(&mut subscriber, &cancel, "ping").await? {
-        if let Some(node) = fleet.node(&message) {
-            let answer = announce::pong(&message.payload, &node.id, node.started_at);
-            reply(&fleet, &message, &answer).await;
+        if let Some(node) = fleet.node(&message, PingNode::VERB) {
+            let answer = bus::decode_message(&message).map(|PingNode {}| NodePong {
+                node_id: node.id.clone(),
+                started_at: node.started_at,
+            });
+            reply(&fleet, &message, &Reply::from(answer)).await;
         }
     }
     Ok(())
@@ -541,7 +540,7 @@ async fn serve_discover(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     while let Some(message) = next_message(&mut subscriber, &cancel, "discovery").await? {
-        let request: DiscoverNodes = match messages::decode(&message.payload) {
+        let request: DiscoverNodes = match bus::decode_message(&message) {
             Ok(request) => request,
             Err(error) => {
                 tracing::warn!(%error, "ignoring a malformed discovery request");
@@ -597,7 +596,7 @@ async fn serve_control(
             () = cancel.cancelled() => return Ok(()),
             message = silence.next() => {
                 let Some(message) = message else { anyhow::bail!("the silence subscription ended") };
-                let answer = match messages::decode::<SilenceNodes>(&message.payload) {
+                let answer = match bus::decode_message::<SilenceNodes>(&message) {
                     Ok(request) => {
                         let mut silenced = 0;
                         for node_id in &request.node_ids {
@@ -609,10 +608,7 @@ async fn serve_control(
                         tracing::info!(silenced, "simulated nodes went silent");
                         Reply::Ok(NodesSilenced { silenced })
                     }
-                    Err(error) => Reply::Error(ErrorBody::new(
-                        ErrorCode::InvalidRequest,
-                        format!("malformed silence request: {error}"),
-                    )),
+                    Err(error) => Reply::Error(error),
                 };
                 reply(&fleet, &message, &answer).await;
             }

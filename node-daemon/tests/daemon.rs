@@ -5,13 +5,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bollard::query_parameters::KillContainerOptionsBuilder;
+use messages::execution::RunExecution;
+use messages::files::{AbortUpload, DeleteFile, ListFiles, ReadFileChunk, WriteFileChunk};
 use messages::node::{
-    ContainerCreated, ContainerExited, ContainerReady, DiscoverNodes, ExitReason, Heartbeat,
-    NodeRegistration, NodeSelfStatus,
+    ContainerCreated, ContainerExited, ContainerReady, CreateContainer, DiscoverNodes, ExitReason,
+    Heartbeat, NodeRegistration, NodeSelfStatus, PingNode, RemoveContainer,
 };
-use messages::session::NetworkMode;
-use messages::subjects::{self, NodeVerb};
-use messages::{ErrorBody, ErrorCode, Reply, labels};
+use messages::subjects;
+use messages::template::NetworkMode;
+use messages::{ErrorBody, ErrorCode, NodeCommand, Reply, labels};
 use service_kit::bus::{self, BusError};
 
 mod common;
@@ -79,7 +81,10 @@ async fn start_registers_heartbeats_answers_discovery_and_says_when_it_stops() {
         bus::publish(
             &harness.client,
             subjects::nodes_discover(),
-            &DiscoverNodes { node_id: asked },
+            &DiscoverNodes {
+                node_id: asked,
+                images_only: false,
+            },
         )
         .await
         .expect("discovery published");
@@ -286,7 +291,18 @@ async fn a_missing_image_is_not_found_and_bad_input_is_invalid() {
     assert_eq!(refusal.code, ErrorCode::InvalidRequest);
     assert_eq!(harness.containers_of(&session_id).await, 0);
 
-    for verb in NodeVerb::ALL {
+    // Every verb the daemon answers.
+    for verb in [
+        CreateContainer::VERB,
+        RemoveContainer::VERB,
+        RunExecution::VERB,
+        WriteFileChunk::VERB,
+        AbortUpload::VERB,
+        ReadFileChunk::VERB,
+        ListFiles::VERB,
+        DeleteFile::VERB,
+        PingNode::VERB,
+    ] {
         let answer = harness
             .client
             .request(

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_nats::Subscriber;
 use futures::StreamExt as _;
+use messages::NodeCommand as _;
 use messages::execution::{
     ExecutionOutput, ExecutionResult, ExecutionStarted, ExecutionStatus, Language, OutputStream,
     RunExecution,
@@ -15,9 +16,8 @@ use messages::files::{
     WorkspacePath, WriteFileChunk,
 };
 use messages::headers::MSG_ID;
-use messages::node::NodeCommand as _;
-use messages::session::{ContainerSpec, NetworkMode};
 use messages::subjects;
+use messages::template::{ContainerSpec, NetworkMode};
 use messages::{ErrorBody, ErrorCode, ExecutionId, Reply, SessionId};
 use sandbox_ops::testkit;
 use service_kit::bus::{self, BusError};
@@ -36,7 +36,7 @@ async fn harness(output_limit: u64) -> Harness {
     let harness = Harness::started(|config| config.output_limit = output_limit).await;
     require_executor_image(&harness).await;
     let jetstream = async_nats::jetstream::new(harness.client.clone());
-    bus::ensure_executions_stream(&jetstream)
+    service_kit::streams::ensure_executions_stream(&jetstream)
         .await
         .expect("the EXECUTIONS stream exists");
     harness
