@@ -17,7 +17,7 @@ use bollard::query_parameters::{
 };
 use futures::{Stream, StreamExt as _};
 use messages::template::{ContainerSpec, NetworkMode};
-use messages::{NodeId, SessionId, labels};
+use messages::{ErrorBody, ErrorCode, NodeId, SessionId, labels};
 
 use crate::ledger::Demand;
 
@@ -64,6 +64,13 @@ impl DockerError {
 
     pub fn is_conflict(&self) -> bool {
         self.status == Some(409)
+    }
+}
+
+/// Docker failures reach the requester with Docker's own message.
+impl From<DockerError> for ErrorBody {
+    fn from(error: DockerError) -> Self {
+        ErrorBody::new(ErrorCode::RuntimeError, error.to_string())
     }
 }
 

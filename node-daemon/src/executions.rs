@@ -16,7 +16,10 @@ use messages::{ErrorBody, ExecutionId, SessionId, subjects};
 use service_kit::bus;
 use tracing::Instrument as _;
 
-use crate::agent::{self, AgentChannel, AgentResult, Registration, RunEvent, RunEvents, truncate};
+use crate::agent::{
+    AgentChannel, AgentError, AgentResult, Registration, RunEvent, RunEvents, truncate,
+};
+use crate::containers;
 use crate::node::Node;
 use crate::serve::Command;
 
@@ -67,7 +70,7 @@ impl Command for RunExecution {
 
 async fn start(node: &Node, command: RunExecution) -> Result<ExecutionStarted, ErrorBody> {
     command.check().map_err(ErrorBody::invalid)?;
-    let agent = agent::for_session(node, &command.session_id).await?;
+    let agent = containers::for_session(node, &command.session_id).await?;
     let events = match agent.register_run(&command.execution_id)? {
         // A repeated request (say, redelivered): the run it asked for is going already.
         Registration::AlreadyRunning { started_at } => {
@@ -173,7 +176,7 @@ impl Run {
                     }
                 }
                 Ok(Some(RunEvent::Finished(result))) => break Ending::Reported(result),
-                Ok(None) => break Ending::Lost(agent::AgentError::Stopped.to_string()),
+                Ok(None) => break Ending::Lost(AgentError::Stopped.to_string()),
                 Err(_) => {
                     tracing::warn!("the executor did not report in time; cancelling the run");
                     let cancel = serde_json::json!({

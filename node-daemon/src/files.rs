@@ -12,7 +12,8 @@ use messages::{ErrorBody, SessionId};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::agent::{self, AgentError};
+use crate::agent::AgentError;
+use crate::containers;
 use crate::node::Node;
 use crate::serve::Command;
 
@@ -199,7 +200,7 @@ async fn ask<const N: usize>(
     op: &str,
     fields: [(&str, Value); N],
 ) -> Result<Map<String, Value>, ErrorBody> {
-    let agent = agent::for_session(node, session_id).await?;
+    let agent = containers::for_session(node, session_id).await?;
     let fields = fields
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))

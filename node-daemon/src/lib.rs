@@ -6,6 +6,7 @@ mod agent;
 mod announce;
 mod commands;
 mod config;
+mod containers;
 mod docker;
 mod events;
 mod executions;
@@ -15,6 +16,7 @@ mod node;
 mod pool;
 mod serve;
 mod simulate;
+mod warm;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -12,7 +12,7 @@ use tokio::sync::OwnedMutexGuard;
 use crate::agent::Agents;
 use crate::docker::DockerEngine;
 use crate::ledger::Ledger;
-use crate::pool::WarmPools;
+use crate::warm::WarmPools;
 
 /// The configured values a [`Node`] keeps.
 #[derive(Debug)]
