@@ -104,7 +104,9 @@ async fn start(node: &Node, command: RunExecution) -> Result<ExecutionStarted, E
         started_at,
         deadline: tokio::time::Instant::now() + timeout + WATCHDOG_GRACE,
     };
-    tokio::spawn(run.follow(events).instrument(tracing::Span::current()));
+    // Followed past this answer; at shutdown the daemon lets it report for a while.
+    node.background
+        .spawn(run.follow(events).instrument(tracing::Span::current()));
     Ok(ExecutionStarted {
         execution_id: command.execution_id,
         started_at,

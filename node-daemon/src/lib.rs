@@ -14,19 +14,20 @@ mod files;
 mod ledger;
 mod node;
 mod pool;
+mod running;
 mod serve;
 mod simulate;
 mod warm;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::Context as _;
+use messages::SessionId;
 use messages::execution::RunExecution;
 use messages::files::{AbortUpload, DeleteFile, ListFiles, ReadFileChunk, WriteFileChunk};
 use messages::node::{CreateContainer, RemoveContainer};
 use messages::subjects;
-use messages::{NodeId, SessionId};
 use service_kit::Subscription;
 use service_kit::tasks::Tasks;
 use tokio_util::sync::CancellationToken;
@@ -35,29 +36,8 @@ pub use crate::config::{Config, ConfigError};
 use crate::docker::{ContainerFacts, DockerEngine, HostResources};
 use crate::ledger::{Capacity, Ledger};
 use crate::node::{Node, Settings};
+pub use crate::running::Running;
 use crate::serve::Commands;
-
-/// How long the daemon's tasks get to finish once it is told to stop.
-const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
-
-/// A started node daemon.
-#[derive(Debug)]
-pub struct Running {
-    node_id: NodeId,
-    tasks: Tasks,
-}
-
-impl Running {
-    pub fn node_id(&self) -> &NodeId {
-        &self.node_id
-    }
-
-    /// Waits until the daemon is cancelled (or one of its tasks failed), then for its tasks to
-    /// finish, for at most ten seconds.
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.tasks.join(SHUTDOWN_DEADLINE).await
-    }
-}
 
 /// Starts the daemon and returns once the node is ready: Docker reached, the network in place,
 /// command subscriptions made and the registration published.
@@ -180,7 +160,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     tasks.spawn("heartbeat", announce::heartbeat(Arc::clone(&node), stop));
     tracing::info!(node_id = %node_id, "node registered");
 
-    Ok(Running { node_id, tasks })
+    Ok(Running::new(node_id, tasks, node.background.clone()))
 }
 
 /// A run's result carries both output streams, each up to the output limit, in one message: the

@@ -201,7 +201,8 @@ async fn fill(node: &Node, cancel: &CancellationToken) -> bool {
                     node.ledger()
                         .forget(&unwanted.pool_id, &unwanted.container_id);
                     let docker = node.docker.clone();
-                    tokio::spawn(async move { remove(&docker, &unwanted.container_id).await });
+                    node.background
+                        .spawn(async move { remove(&docker, &unwanted.container_id).await });
                 }
             }
             Err(error) => {

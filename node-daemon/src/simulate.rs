@@ -33,6 +33,7 @@ use service_kit::bus;
 use service_kit::tasks::Tasks;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::docker::HostResources;
@@ -107,6 +108,8 @@ struct Fleet {
     /// A re-registration of the whole fleet is under way (a scheduler started).
     announcing_all: AtomicBool,
     counters: Counters,
+    /// Re-registrations on discovery, waited for at shutdown.
+    background: TaskTracker,
 }
 
 impl Fleet {
@@ -244,6 +247,7 @@ pub(crate) async fn start(config: Config, cancel: CancellationToken) -> anyhow::
         start_delay: config.simulated_start_delay,
         announcing_all: AtomicBool::new(false),
         counters: Counters::default(),
+        background: TaskTracker::new(),
     });
 
     let mut tasks = Tasks::new(cancel.child_token());
@@ -289,10 +293,8 @@ pub(crate) async fn start(config: Config, cancel: CancellationToken) -> anyhow::
         start_delay = ?config.simulated_start_delay,
         "simulated fleet registered"
     );
-    Ok(Running {
-        node_id: first,
-        tasks,
-    })
+    let background = fleet.background.clone();
+    Ok(Running::new(first, tasks, background))
 }
 
 /// Takes messages from `subscriber` until cancelled, handing each to `handle`.
@@ -556,7 +558,8 @@ async fn serve_discover(
                 if node.silent() {
                     continue;
                 }
-                tokio::spawn(async move {
+                let background = fleet.background.clone();
+                background.spawn(async move {
                     if let Err(error) = fleet.register(&node).await {
                         tracing::warn!(
                             error = format!("{error:#}"),
@@ -569,7 +572,8 @@ async fn serve_discover(
                 if fleet.announcing_all.swap(true, Ordering::AcqRel) {
                     continue;
                 }
-                tokio::spawn(async move {
+                let background = fleet.background.clone();
+                background.spawn(async move {
                     if let Err(error) = fleet.register_all().await {
                         tracing::warn!(
                             error = format!("{error:#}"),

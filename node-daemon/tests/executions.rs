@@ -600,6 +600,29 @@ async fn a_restarted_daemon_attaches_again_and_the_state_is_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_run_still_going_at_shutdown_reports_before_the_daemon_stops() {
+    let mut harness = harness(1024 * 1024).await;
+    let session_id = executor_session(&harness).await;
+    let command = run_command(&session_id, Language::Shell, "sleep 2; echo done");
+    let _events = start(&harness, &command).await;
+    harness.stop().await;
+
+    // The daemon waited for the run's follower: the result was stored before it stopped.
+    let jetstream = async_nats::jetstream::new(harness.client.clone());
+    let stream = jetstream
+        .get_stream(subjects::executions_stream())
+        .await
+        .expect("the stream");
+    let stored = stream
+        .get_last_raw_message_by_subject(&subjects::execution_result(&command.execution_id))
+        .await
+        .expect("the result is stored");
+    let stored: ExecutionResult = messages::decode(&stored.payload).expect("a stored result");
+    assert_eq!(stored.status, ExecutionStatus::Completed, "{stored:?}");
+    assert_eq!(stored.stdout, "done\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_output_limit_the_server_cannot_carry_stops_the_start() {
     // The test server takes 8 MB messages; two 8 MiB streams do not fit.
     let harness = Harness::new(|config| config.output_limit = 8 * 1024 * 1024).await;
