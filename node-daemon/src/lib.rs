@@ -16,7 +16,8 @@ mod node;
 mod pool;
 mod running;
 mod serve;
-mod simulate;
+#[cfg(feature = "simulation")]
+mod simulation;
 mod warm;
 
 use std::sync::Arc;
@@ -44,9 +45,10 @@ use crate::serve::Commands;
 pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<Running> {
     // 1. Check the configuration before anything is contacted.
     config.validate().context("invalid configuration")?;
+    #[cfg(feature = "simulation")]
     if config.simulate_nodes.is_some() {
         // A benchmark's stand-in for a fleet: no Docker at all.
-        return simulate::start(config, cancel).await;
+        return simulation::start(config, cancel).await;
     }
     let node_id = config.node_id.clone();
 
