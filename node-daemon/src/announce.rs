@@ -161,7 +161,8 @@ pub(crate) async fn current_inventory(node: &Node) -> Option<ContainerInventory>
 }
 
 /// Answers `runtime.nodes.discover` for all nodes or this one by announcing the node again, with
-/// the images it holds now.
+/// the images it holds now and, unless only the images were asked for, its containers (which the
+/// schedulers reconcile).
 pub(crate) async fn serve_discover(
     node: Arc<Node>,
     requests: Subscription<DiscoverNodes>,
@@ -181,7 +182,11 @@ pub(crate) async fn serve_discover(
                         node.registration.cached_images.clone()
                     }
                 };
-                let inventory = current_inventory(&node).await;
+                let inventory = if request.images_only {
+                    None
+                } else {
+                    current_inventory(&node).await
+                };
                 if let Err(error) = publish_registration(&node, cached_images, inventory).await {
                     tracing::warn!(%error, "announcing the node on discovery failed");
                 }

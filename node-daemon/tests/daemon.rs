@@ -108,6 +108,62 @@ async fn start_registers_heartbeats_answers_discovery_and_says_when_it_stops() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn discovery_for_the_images_only_leaves_the_containers_out() {
+    let harness = Harness::started(|_| {}).await;
+    let session_id = new_session();
+    let created = harness.create(&session_id).await;
+    let mut registrations = harness.subscribe(subjects::nodes_register()).await;
+    let node_id = harness.node_id().clone();
+
+    // Answered in order: first without the inventory, then with it.
+    for images_only in [true, false] {
+        bus::publish(
+            &harness.client,
+            subjects::nodes_discover(),
+            &DiscoverNodes {
+                node_id: Some(node_id.clone()),
+                images_only,
+            },
+        )
+        .await
+        .expect("discovery published");
+    }
+    let mut without_inventory = 0;
+    let with_inventory = loop {
+        let registration = next_matching(
+            &mut registrations,
+            "a registration on discovery",
+            |registration: &NodeRegistration| registration.node_id == node_id,
+        )
+        .await;
+        assert!(
+            registration
+                .cached_images
+                .iter()
+                .any(|image| image == harness.image),
+            "{:?}",
+            registration.cached_images
+        );
+        match registration.inventory {
+            Some(inventory) => break inventory,
+            // The images-only answer (or an announcement of an image another test made).
+            None => without_inventory += 1,
+        }
+    };
+    assert!(
+        without_inventory >= 1,
+        "the images-only discovery was answered with the inventory"
+    );
+    let reported = with_inventory
+        .containers
+        .iter()
+        .find(|container| container.container_id == created.container_id)
+        .expect("the session's container is in the inventory");
+    assert_eq!(reported.session_id.as_ref(), Some(&session_id));
+    assert!(reported.running);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn create_makes_one_locked_down_container_per_session() {
     let harness = Harness::started(|_| {}).await;
     let mut ready = harness.subscribe(subjects::containers_ready()).await;
