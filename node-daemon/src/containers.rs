@@ -50,9 +50,19 @@ pub(crate) async fn make(
     };
     let demand = Demand::of(&spec.resources);
     let reservation = Reservation::admit(node, session_id, demand)?;
+    // No separate look for the image first: the create itself says when it is missing.
     let container_id = match node.docker.create_sandbox(&sandbox).await {
         Ok(container_id) => container_id,
         Err(error) if error.is_conflict() => return Ok(None),
+        Err(error) if error.is_no_such_image() => {
+            return Err(ErrorBody::new(
+                ErrorCode::NotFound,
+                format!(
+                    "image {} is not on node {} (images are never pulled)",
+                    spec.image, node.id
+                ),
+            ));
+        }
         Err(error) => return Err(error.into()),
     };
     if let Err(error) = start_and_confirm(node, &container_id).await {

@@ -226,12 +226,6 @@ async fn make_warm(
             "no room for a warm container next to one more session",
         ));
     }
-    if !node.docker.has_image(&spec.image).await? {
-        return Err(ErrorBody::new(
-            ErrorCode::NotFound,
-            format!("image {} is not on this node", spec.image),
-        ));
-    }
     let pool_id = SessionId::parse(format!("{POOL_ID_PREFIX}{}", uuid::Uuid::now_v7().simple()))
         .map_err(|error| ErrorBody::new(ErrorCode::Internal, error.to_string()))?;
     let container_id = containers::make(node, &pool_id, spec, Some(template_id))

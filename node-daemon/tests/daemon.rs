@@ -336,10 +336,13 @@ async fn a_missing_image_is_not_found_and_bad_input_is_invalid() {
     let refusal = remote_error(harness.create_with(&session_id, spec).await);
     assert_eq!(refusal.code, ErrorCode::NotFound);
     assert!(
-        refusal.message.contains("sandbox-no-such-image:0"),
+        refusal.message.contains("sandbox-no-such-image:0")
+            && refusal.message.contains("images are never pulled"),
         "{}",
         refusal.message
     );
+    // The create's reservation was given back.
+    assert_eq!(harness.fresh_heartbeat().await.running_containers, 0);
 
     let mut spec = harness.spec(NetworkMode::None);
     spec.resources.cpu_cores = 0.0;
