@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use messages::node::{NodePong, PingNode};
-use messages::{ErrorBody, NodeCommand, SessionId, subjects};
+use messages::{ErrorBody, NodeCommand, NodeId, SessionId, subjects};
 use service_kit::Responder;
 use tokio_util::sync::CancellationToken;
 
@@ -32,26 +32,28 @@ pub(crate) trait Command: NodeCommand<Response: Send + Sync> + Send + 'static {
 /// Every command subject of this node, on one responder.
 #[derive(Debug)]
 pub(crate) struct Commands {
-    node: Arc<Node>,
+    node_id: NodeId,
     responder: Responder<Node>,
 }
 
 impl Commands {
     pub fn new(node: Arc<Node>) -> Self {
-        let responder = Responder::new(node.nats.clone(), Arc::clone(&node));
-        Self { node, responder }
+        Self {
+            node_id: node.id.clone(),
+            responder: Responder::new(node.nats.clone(), node),
+        }
     }
 
     /// Subscribes to `runtime.cmd.<node_id>.<C::VERB>` now and answers it with [`Command::run`].
     pub async fn add<C: Command>(&mut self) -> anyhow::Result<()> {
-        let subject = subjects::node_command(&self.node.id, C::VERB);
+        let subject = subjects::node_command(&self.node_id, C::VERB);
         self.responder.route(subject, C::span, run::<C>).await
     }
 
     /// `node.ping`: a scheduler that missed this node's heartbeats asks whether the daemon is
     /// still there.
     pub async fn add_ping(&mut self) -> anyhow::Result<()> {
-        let subject = subjects::node_command(&self.node.id, PingNode::VERB);
+        let subject = subjects::node_command(&self.node_id, PingNode::VERB);
         self.responder
             .route(
                 subject,

@@ -27,6 +27,17 @@ fn remote_error(result: Result<ContainerCreated, BusError>) -> ErrorBody {
     }
 }
 
+fn assert_announces(registration: &NodeRegistration, image: &str) {
+    assert!(
+        registration
+            .cached_images
+            .iter()
+            .any(|cached| cached == image),
+        "{image} is not in {:?}",
+        registration.cached_images
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn start_registers_heartbeats_answers_discovery_and_says_when_it_stops() {
     let mut harness = Harness::new(|config| {
@@ -46,14 +57,7 @@ async fn start_registers_heartbeats_answers_discovery_and_says_when_it_stops() {
     assert!(registration.total_cpu_cores > 0.0);
     assert!(registration.total_memory_mb > 0);
     assert_eq!(registration.max_containers, 10);
-    assert!(
-        registration
-            .cached_images
-            .iter()
-            .any(|image| image == harness.image),
-        "{:?}",
-        registration.cached_images
-    );
+    assert_announces(&registration, harness.image);
     assert!(
         !registration
             .cached_images
@@ -136,14 +140,7 @@ async fn discovery_for_the_images_only_leaves_the_containers_out() {
             |registration: &NodeRegistration| registration.node_id == node_id,
         )
         .await;
-        assert!(
-            registration
-                .cached_images
-                .iter()
-                .any(|image| image == harness.image),
-            "{:?}",
-            registration.cached_images
-        );
+        assert_announces(&registration, harness.image);
         match registration.inventory {
             Some(inventory) => break inventory,
             // The images-only answer (or an announcement of an image another test made).

@@ -162,6 +162,20 @@ async fn collect(events: &mut Subscriber, id: &ExecutionId, within: Duration) ->
     Finished { output, result }
 }
 
+/// The result the EXECUTIONS stream holds for run `id`.
+async fn stored_result(harness: &Harness, id: &ExecutionId) -> ExecutionResult {
+    let jetstream = async_nats::jetstream::new(harness.client.clone());
+    let stream = jetstream
+        .get_stream(subjects::executions_stream())
+        .await
+        .expect("the stream");
+    let stored = stream
+        .get_last_raw_message_by_subject(&subjects::execution_result(id))
+        .await
+        .expect("the result is stored");
+    messages::decode(&stored.payload).expect("a stored result")
+}
+
 async fn python(harness: &Harness, session_id: &SessionId, code: &str) -> Finished {
     run(harness, run_command(session_id, Language::Python, code)).await
 }
@@ -198,17 +212,7 @@ async fn code_runs_with_its_output_streamed_and_its_result_published() {
     assert!(result.duration_ms.is_some());
 
     // The result is kept in the EXECUTIONS stream under its de-duplication id.
-    let jetstream = async_nats::jetstream::new(harness.client.clone());
-    let stream = jetstream
-        .get_stream(subjects::executions_stream())
-        .await
-        .expect("the stream");
-    let stored = stream
-        .get_last_raw_message_by_subject(&subjects::execution_result(&result.execution_id))
-        .await
-        .expect("the result is stored");
-    let stored: ExecutionResult = messages::decode(&stored.payload).expect("a stored result");
-    assert_eq!(&stored, result);
+    assert_eq!(&stored_result(&harness, &result.execution_id).await, result);
 
     // Stateful Python keeps its globals; the last expression is the return value.
     let finished = python(&harness, &session_id, "x = 41").await;
@@ -608,16 +612,7 @@ async fn a_run_still_going_at_shutdown_reports_before_the_daemon_stops() {
     harness.stop().await;
 
     // The daemon waited for the run's follower: the result was stored before it stopped.
-    let jetstream = async_nats::jetstream::new(harness.client.clone());
-    let stream = jetstream
-        .get_stream(subjects::executions_stream())
-        .await
-        .expect("the stream");
-    let stored = stream
-        .get_last_raw_message_by_subject(&subjects::execution_result(&command.execution_id))
-        .await
-        .expect("the result is stored");
-    let stored: ExecutionResult = messages::decode(&stored.payload).expect("a stored result");
+    let stored = stored_result(&harness, &command.execution_id).await;
     assert_eq!(stored.status, ExecutionStatus::Completed, "{stored:?}");
     assert_eq!(stored.stdout, "done\n");
 }

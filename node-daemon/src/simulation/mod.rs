@@ -3,7 +3,8 @@
 //! containers are in-memory records that take a configurable time to start. It answers
 //! `containers.create`, `containers.remove` and `node.ping` with the daemon's payloads and
 //! admission rule; executions and files are not served (a requester gets "no responders" or a
-//! timeout). Never used in behaviour tests in place of Docker.
+//! timeout). Never used in behaviour tests in place of Docker, and built only with the
+//! `simulation` feature (off by default), so a production binary does not carry it.
 //!
 //! Built for 10,000 nodes on two cores: one wildcard subscription per verb dispatches on the
 //! node-id token, one timer task sends every node's heartbeats with their phases spread over the
