@@ -120,7 +120,8 @@ require_docker() {
 }
 
 # prepare_release: what running from the release binaries needs, each step timed: the missing
-# packages, Docker, the executor image, the release build.
+# packages, Docker, the executor image, the release build (with the node daemon's simulated fleet,
+# which the benchmark runs).
 prepare_release() {
     run_step "install missing packages" bash "$SANDBOX_OPS_DIR/install-deps.sh" ||
         die "installing the dependencies failed"
@@ -128,8 +129,8 @@ prepare_release() {
     run_step "executor image" bash "$SANDBOX_OPS_DIR/images/build.sh" ||
         die "building the sandbox-executor image failed"
     require_cmd cargo "install the Rust toolchain (rustup)"
-    run_step "cargo build --release --bins" \
-        env -C "$SANDBOX_REPO_ROOT" cargo build --release --bins ||
+    run_step "cargo build --release --bins --features node-daemon/simulation" \
+        env -C "$SANDBOX_REPO_ROOT" cargo build --release --bins --features node-daemon/simulation ||
         die "the build failed (see above)"
 }
 

@@ -4,9 +4,10 @@
 #      debootstrap, busybox-static, ...
 #   2. builds the sandbox-executor:v1.0 image (ops/images/build.sh, cached);
 #      the tests build their own sandbox-test-busybox:1 image
-#   3. cargo test --workspace --all-targets   (needs nats-server, Docker, PostgreSQL, the images)
+#   3. cargo test --workspace --all-targets --all-features   (needs nats-server, Docker,
+#      PostgreSQL, the images; --all-features for the node daemon's simulated fleet)
 #   4. cargo fmt --all -- --check
-#   5. cargo clippy --workspace --all-targets -- -D warnings
+#   5. cargo clippy --workspace --all-targets --all-features -- -D warnings
 # Steps 3-5 all run even when one fails, so one run shows every problem. Prints the time of each
 # step and a summary; exits non-zero when any step failed. cargo's own output is shown as is.
 #
@@ -54,10 +55,11 @@ if ! step "install missing packages" bash "$SANDBOX_OPS_DIR/install-deps.sh" ||
 fi
 
 cd "$SANDBOX_REPO_ROOT"
-step "cargo test --workspace --all-targets" cargo test --workspace --all-targets "$@" || true
+step "cargo test --workspace --all-targets --all-features" \
+    cargo test --workspace --all-targets --all-features "$@" || true
 step "cargo fmt --all -- --check" cargo fmt --all -- --check || true
-step "cargo clippy --workspace --all-targets -- -D warnings" \
-    cargo clippy --workspace --all-targets -- -D warnings || true
+step "cargo clippy --workspace --all-targets --all-features -- -D warnings" \
+    cargo clippy --workspace --all-targets --all-features -- -D warnings || true
 
 print_summary
 if ((${#failed[@]} > 0)); then

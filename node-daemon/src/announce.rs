@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::Subscriber;
 use chrono::Utc;
 use futures::StreamExt as _;
 use messages::node::{
-    ContainerInventory, DiscoverNodes, Heartbeat, NodePong, NodeRegistration, NodeSelfStatus,
-    PingNode, RegistrationAccepted, ReportedContainer,
+    ContainerInventory, DiscoverNodes, Heartbeat, NodeRegistration, NodeSelfStatus,
+    RegistrationAccepted, ReportedContainer,
 };
-use messages::{ErrorBody, ErrorCode, NodeId, Reply, subjects};
+use messages::{NodeId, subjects};
+use service_kit::Subscription;
 use service_kit::bus::{self, BusError};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -161,42 +161,38 @@ pub(crate) async fn current_inventory(node: &Node) -> Option<ContainerInventory>
 }
 
 /// Answers `runtime.nodes.discover` for all nodes or this one by announcing the node again, with
-/// the images it holds now.
+/// the images it holds now and, unless only the images were asked for, its containers (which the
+/// schedulers reconcile).
 pub(crate) async fn serve_discover(
     node: Arc<Node>,
-    mut subscriber: Subscriber,
+    requests: Subscription<DiscoverNodes>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    loop {
-        let message = tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
-            message = subscriber.next() => message,
-        };
-        let Some(message) = message else {
-            anyhow::bail!("the discovery subscription ended");
-        };
-        let request: DiscoverNodes = match messages::decode(&message.payload) {
-            Ok(request) => request,
-            Err(error) => {
-                tracing::warn!(%error, "ignoring a malformed discovery request");
-                continue;
+    requests
+        .for_each(cancel, |request| {
+            let node = Arc::clone(&node);
+            async move {
+                if request.node_id.is_some_and(|asked| asked != node.id) {
+                    return;
+                }
+                let cached_images = match node.docker.image_tags().await {
+                    Ok(images) => images,
+                    Err(error) => {
+                        tracing::warn!(%error, "re-reading images failed; announcing the start-up list");
+                        node.registration.cached_images.clone()
+                    }
+                };
+                let inventory = if request.images_only {
+                    None
+                } else {
+                    current_inventory(&node).await
+                };
+                if let Err(error) = publish_registration(&node, cached_images, inventory).await {
+                    tracing::warn!(%error, "announcing the node on discovery failed");
+                }
             }
-        };
-        if request.node_id.is_some_and(|asked| asked != node.id) {
-            continue;
-        }
-        let cached_images = match node.docker.image_tags().await {
-            Ok(images) => images,
-            Err(error) => {
-                tracing::warn!(%error, "re-reading images failed; announcing the start-up list");
-                node.registration.cached_images.clone()
-            }
-        };
-        let inventory = current_inventory(&node).await;
-        if let Err(error) = publish_registration(&node, cached_images, inventory).await {
-            tracing::warn!(%error, "announcing the node on discovery failed");
-        }
-    }
+        })
+        .await
 }
 
 /// Announces the node again whenever its images change (one built or loaded after the daemon
@@ -235,46 +231,6 @@ pub(crate) async fn watch_images(node: Arc<Node>, cancel: CancellationToken) -> 
 
 /// How long to wait before following image events again after the stream broke.
 const IMAGE_EVENTS_RETRY: Duration = Duration::from_secs(1);
-
-/// Answers `runtime.cmd.<node_id>.node.ping`: a scheduler that missed this node's heartbeats
-/// asks whether the daemon is still there.
-pub(crate) async fn serve_ping(
-    node: Arc<Node>,
-    mut subscriber: Subscriber,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    loop {
-        let message = tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
-            message = subscriber.next() => message,
-        };
-        let Some(message) = message else {
-            anyhow::bail!("the ping subscription ended");
-        };
-        let reply = pong(&message.payload, &node.id, node.registration.started_at);
-        if let Err(error) = bus::respond(&node.nats, &message, &reply).await {
-            tracing::warn!(%error, "answering a ping failed");
-        }
-    }
-}
-
-/// The answer to a ping of `node_id`, whose daemon started at `started_at`.
-pub(crate) fn pong(
-    payload: &[u8],
-    node_id: &NodeId,
-    started_at: chrono::DateTime<Utc>,
-) -> Reply<NodePong> {
-    match messages::decode::<PingNode>(payload) {
-        Ok(PingNode {}) => Reply::Ok(NodePong {
-            node_id: node_id.clone(),
-            started_at,
-        }),
-        Err(error) => Reply::Error(ErrorBody::new(
-            ErrorCode::InvalidRequest,
-            format!("malformed ping: {error}"),
-        )),
-    }
-}
 
 /// Heartbeats every interval until cancelled, then says once that the node is stopping and
 /// flushes. A heartbeat that cannot be sent is logged; heartbeats never stop the daemon.

@@ -1,53 +1,18 @@
-//! Answers the commands on `runtime.cmd.<node_id>.<verb>`, and makes and removes session
-//! containers (the other verbs are in `executions.rs` and `files.rs`). Each request runs in a
-//! task of its own, so a slow create does not hold up the others.
+//! `containers.create` and `containers.remove`: a session's container claimed warm or made (by
+//! the container layer), answered again on a repeat, and removed. The other verbs are in
+//! `executions.rs` and `files.rs`.
 
-use std::collections::BTreeMap;
-use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
-
-use async_nats::{Message, Subscriber};
 use chrono::Utc;
-use futures::StreamExt as _;
 use messages::node::{
-    ContainerCreated, ContainerReady, ContainerRemoved, CreateContainer, NodeCommand,
-    RemoveContainer,
+    ContainerCreated, ContainerReady, ContainerRemoved, CreateContainer, RemoveContainer,
 };
-use messages::session::Resources;
-use messages::{ErrorBody, ErrorCode, Reply, SessionId, subjects};
+use messages::{ErrorBody, ErrorCode, SessionId, subjects};
 use service_kit::bus;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
-use crate::docker::{ContainerFacts, DockerError, SandboxContainer};
-use crate::ledger::{Admission, Demand};
+use crate::containers;
 use crate::node::Node;
 use crate::pool;
-
-/// The largest memory limit a request may name: its byte count must fit Docker's i64.
-const MAX_MEMORY_MB: u64 = (i64::MAX as u64) >> 20;
-
-/// How long a create that lost the race for a container name waits for the winner's container.
-const CONFLICT_WAIT: Duration = Duration::from_secs(10);
-const CONFLICT_POLL_INTERVAL: Duration = Duration::from_millis(50);
-
-/// A command this node answers.
-pub(crate) trait Command: NodeCommand<Response: Send + Sync> + Send + 'static {
-    /// The span the handling runs in, made a child of the requester's trace.
-    fn span(&self) -> tracing::Span;
-
-    /// The session the command is about; one session's commands run one at a time.
-    fn session_id(&self) -> &SessionId;
-
-    /// Whether the session's lock is held for the whole command. Commands that talk to the
-    /// session's agent hold it only while finding the agent (`agent::for_session`), so an agent
-    /// slow to answer does not hold up a remove.
-    const LOCKS_WHOLE_COMMAND: bool = true;
-
-    fn run(self, node: &Node) -> impl Future<Output = Result<Self::Response, ErrorBody>> + Send;
-}
+use crate::serve::Command;
 
 impl Command for CreateContainer {
     fn span(&self) -> tracing::Span {
@@ -77,86 +42,12 @@ impl Command for RemoveContainer {
     }
 }
 
-/// Takes requests from `subscriber` until cancelled, then lets those in progress finish.
-pub(crate) async fn serve<C: Command>(
-    node: Arc<Node>,
-    mut subscriber: Subscriber,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut in_progress = JoinSet::new();
-    let outcome = loop {
-        tokio::select! {
-            () = cancel.cancelled() => break Ok(()),
-            Some(finished) = in_progress.join_next(), if !in_progress.is_empty() => {
-                log_panic(finished);
-            }
-            message = subscriber.next() => match message {
-                Some(message) => {
-                    in_progress.spawn(answer::<C>(Arc::clone(&node), message));
-                }
-                None => break Err(anyhow::anyhow!(
-                    "the {} subscription ended", C::VERB.as_str()
-                )),
-            },
-        }
-    };
-    drop(subscriber);
-    while let Some(finished) = in_progress.join_next().await {
-        log_panic(finished);
-    }
-    outcome
-}
-
-fn log_panic(finished: Result<(), tokio::task::JoinError>) {
-    if let Err(error) = finished {
-        tracing::error!(%error, "a command handler panicked");
-    }
-}
-
-/// Decodes, handles and answers one request.
-async fn answer<C: Command>(node: Arc<Node>, message: Message) {
-    match messages::decode::<C>(&message.payload) {
-        Err(error) => {
-            tracing::warn!(subject = %message.subject, %error, "refusing a malformed command");
-            let reply = Reply::<C::Response>::Error(ErrorBody::new(
-                ErrorCode::InvalidRequest,
-                format!("malformed {} request: {error}", C::VERB.as_str()),
-            ));
-            send_reply(&node, &message, &reply).await;
-        }
-        Ok(command) => {
-            let span = command.span();
-            bus::adopt_remote_parent(&span, message.headers.as_ref());
-            async {
-                let _one_at_a_time = if C::LOCKS_WHOLE_COMMAND {
-                    Some(node.lock_session(command.session_id()).await)
-                } else {
-                    None
-                };
-                let reply = Reply::from(command.run(&node).await);
-                if let Reply::Error(error) = &reply {
-                    tracing::warn!(%error, "command refused");
-                }
-                send_reply(&node, &message, &reply).await;
-            }
-            .instrument(span)
-            .await;
-        }
-    }
-}
-
-async fn send_reply<T: serde::Serialize>(node: &Node, message: &Message, reply: &Reply<T>) {
-    if let Err(error) = bus::respond(&node.nats, message, reply).await {
-        tracing::warn!(%error, "answering a command failed");
-    }
-}
-
 /// Makes the session's container, or answers with the one it already has.
 async fn create_container(
     node: &Node,
     command: CreateContainer,
 ) -> Result<ContainerCreated, ErrorBody> {
-    check_request(&command)?;
+    containers::check_spec(&command.spec)?;
     let session_id = &command.session_id;
     // A session this node holds nothing for takes a warm container at once, with one engine
     // call (the rename): the ledger knows every container of this node, so there is no earlier
@@ -169,67 +60,27 @@ async fn create_container(
     }
     let name = session_id.container_name();
     if let Some(existing) = node.docker.inspect(&name).await? {
-        return run_existing(node, session_id, existing).await;
+        let container_id = containers::run_existing(node, session_id, existing).await?;
+        return Ok(created(node, command, container_id, true));
     }
-    let image = &command.spec.image;
-    if !node.docker.has_image(image).await? {
-        return Err(ErrorBody::new(
-            ErrorCode::NotFound,
-            format!(
-                "image {image} is not on node {} (images are never pulled)",
-                node.id
-            ),
-        ));
-    }
-    let sandbox = SandboxContainer {
-        session_id,
-        node_id: &node.id,
-        spec: &command.spec,
-        sandbox_network: &node.sandbox_network,
-        warm_pool: None,
-    };
-    let made = match make_container(node, &sandbox).await {
+    let made = match containers::make(node, session_id, &command.spec, None).await {
         // Warm containers are spare room: give one up rather than refuse the session.
         Err(error) if error.code == ErrorCode::Capacity && pool::evict_one(node).await => {
-            make_container(node, &sandbox).await
+            containers::make(node, session_id, &command.spec, None).await
         }
         made => made,
     };
     let Some(container_id) = made? else {
         // A concurrent create for this session took the name first: answer with its container.
-        let existing = inspect_after_conflict(node, &name).await?;
-        return run_existing(node, session_id, existing).await;
+        let existing = containers::inspect_after_conflict(node, &name).await?;
+        let container_id = containers::run_existing(node, session_id, existing).await?;
+        return Ok(created(node, command, container_id, true));
     };
     tracing::info!(container_id, "container running");
     Ok(announce_ready(node, command, container_id).await)
 }
 
-/// Admits, creates and starts the container `sandbox` describes; once it runs, the ledger holds
-/// it for its session (or, for a warm-pool container, as warm). `Ok(None)`: another create took
-/// the container's name first.
-pub(crate) async fn make_container(
-    node: &Node,
-    sandbox: &SandboxContainer<'_>,
-) -> Result<Option<String>, ErrorBody> {
-    let demand = Demand::of(&sandbox.spec.resources);
-    let reservation = Reservation::admit(node, sandbox.session_id, demand)?;
-    let container_id = match node.docker.create_sandbox(sandbox).await {
-        Ok(container_id) => container_id,
-        Err(error) if error.is_conflict() => return Ok(None),
-        Err(error) => return Err(error.into()),
-    };
-    if let Err(error) = start_and_confirm(node, &container_id).await {
-        // A container that cannot run is removed, so that a retry starts afresh.
-        if let Err(cleanup) = node.docker.remove(&container_id).await {
-            tracing::warn!(error = %cleanup, "removing a container that failed to start");
-        }
-        return Err(error);
-    }
-    reservation.settle(&container_id, demand, sandbox.warm_pool.is_some());
-    Ok(Some(container_id))
-}
-
-/// Tells the control plane the session's container runs, and answers the create.
+/// Tells the control plane the session's new container runs, and answers the create.
 async fn announce_ready(
     node: &Node,
     command: CreateContainer,
@@ -245,80 +96,23 @@ async fn announce_ready(
     if let Err(error) = bus::publish(&node.nats, subjects::containers_ready(), &ready).await {
         tracing::warn!(%error, "announcing the ready container failed");
     }
+    created(node, command, container_id, false)
+}
+
+/// The answer to a create; `existed` when the session's container was there already.
+fn created(
+    node: &Node,
+    command: CreateContainer,
+    container_id: String,
+    existed: bool,
+) -> ContainerCreated {
     ContainerCreated {
         session_id: command.session_id,
         node_id: node.id.clone(),
         container_id,
-        existed: false,
+        existed,
         executor_url: None,
         usage: Some(node.ledger().snapshot()),
-    }
-}
-
-/// Docker reserves a name before the container holding it can be inspected, so after a name
-/// conflict the other request's container is waited for briefly.
-async fn inspect_after_conflict(node: &Node, name: &str) -> Result<ContainerFacts, ErrorBody> {
-    let deadline = tokio::time::Instant::now() + CONFLICT_WAIT;
-    loop {
-        if let Some(existing) = node.docker.inspect(name).await? {
-            return Ok(existing);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(ErrorBody::new(
-                ErrorCode::RuntimeError,
-                format!(
-                    "the name {name} is taken but no such container appeared within {CONFLICT_WAIT:?}"
-                ),
-            ));
-        }
-        tokio::time::sleep(CONFLICT_POLL_INTERVAL).await;
-    }
-}
-
-/// Answers a repeated create with the container the session already has, started if it was not.
-async fn run_existing(
-    node: &Node,
-    session_id: &SessionId,
-    existing: ContainerFacts,
-) -> Result<ContainerCreated, ErrorBody> {
-    check_owned(node, &existing)?;
-    if existing.running {
-        node.ledger()
-            .mark_running(session_id, &existing.id, existing.demand);
-    } else {
-        let reservation = Reservation::admit(node, session_id, existing.demand)?;
-        start_and_confirm(node, &existing.id).await?;
-        reservation.settle(&existing.id, existing.demand, false);
-    }
-    Ok(ContainerCreated {
-        session_id: session_id.clone(),
-        node_id: node.id.clone(),
-        container_id: existing.id,
-        existed: true,
-        executor_url: None,
-        usage: Some(node.ledger().snapshot()),
-    })
-}
-
-/// Starts the container and checks that it stays up.
-async fn start_and_confirm(node: &Node, container_id: &str) -> Result<(), ErrorBody> {
-    node.docker.start(container_id).await?;
-    let facts = node.docker.inspect(container_id).await?;
-    match facts {
-        Some(facts) if facts.running => Ok(()),
-        Some(facts) => Err(ErrorBody::new(
-            ErrorCode::RuntimeError,
-            format!(
-                "container {container_id} stopped right after starting (exit code {})",
-                facts
-                    .exit_code
-                    .map_or_else(|| "unknown".to_owned(), |code| code.to_string())
-            ),
-        )),
-        None => Err(ErrorBody::new(
-            ErrorCode::RuntimeError,
-            format!("container {container_id} was removed right after starting"),
-        )),
     }
 }
 
@@ -332,7 +126,7 @@ async fn remove_container(
     let removed = match node.docker.inspect(&name).await? {
         None => false,
         Some(existing) => {
-            check_owned(node, &existing)?;
+            containers::check_owned(node, &existing)?;
             let removed = node.docker.remove(&existing.id).await?;
             node.ledger().forget(&session_id, &existing.id);
             node.agents.forget(&session_id, &existing.id);
@@ -344,109 +138,4 @@ async fn remove_container(
         removed,
         usage: Some(node.ledger().snapshot()),
     })
-}
-
-/// Refuses what Docker would refuse less clearly, or what would not fit its API.
-fn check_request(command: &CreateContainer) -> Result<(), ErrorBody> {
-    let spec = &command.spec;
-    let invalid = |message: String| Err(ErrorBody::new(ErrorCode::InvalidRequest, message));
-    if !messages::session::is_image_reference(&spec.image) {
-        return invalid(format!("{:?} is not an image reference", spec.image));
-    }
-    let Resources {
-        cpu_cores,
-        memory_mb,
-        pids_limit,
-    } = spec.resources;
-    if !(cpu_cores.is_finite() && cpu_cores > 0.0) {
-        return invalid(format!("cpu_cores must be more than zero, not {cpu_cores}"));
-    }
-    if !(1..=MAX_MEMORY_MB).contains(&memory_mb) {
-        return invalid(format!(
-            "memory_mb must be between 1 and {MAX_MEMORY_MB}, not {memory_mb}"
-        ));
-    }
-    if pids_limit == 0 {
-        return invalid("pids_limit must be more than zero".to_owned());
-    }
-    if let Some(problem) = env_problem(&spec.env) {
-        return invalid(problem);
-    }
-    Ok(())
-}
-
-/// What makes `env` unfit for a process environment, if anything.
-pub(crate) fn env_problem(env: &BTreeMap<String, String>) -> Option<String> {
-    env.iter().find_map(|(key, value)| {
-        if key.is_empty() || key.contains(['=', '\0']) {
-            Some(format!("{key:?} is not an environment variable name"))
-        } else if value.contains('\0') {
-            Some(format!("the value of {key:?} contains a NUL byte"))
-        } else {
-            None
-        }
-    })
-}
-
-/// A container of this name made by someone else is not this node's to use or remove.
-pub(crate) fn check_owned(node: &Node, container: &ContainerFacts) -> Result<(), ErrorBody> {
-    if container.node_id.as_deref() == Some(node.id.as_str()) {
-        Ok(())
-    } else {
-        Err(ErrorBody::new(
-            ErrorCode::Conflict,
-            format!(
-                "container {} exists but does not belong to node {}",
-                container.id, node.id
-            ),
-        ))
-    }
-}
-
-/// Docker failures reach the requester with Docker's own message.
-impl From<DockerError> for ErrorBody {
-    fn from(error: DockerError) -> Self {
-        ErrorBody::new(ErrorCode::RuntimeError, error.to_string())
-    }
-}
-
-/// Resources this request reserved in the ledger; given back when dropped unless settled, so a
-/// create that fails (or is abandoned) leaves nothing allocated.
-struct Reservation<'a> {
-    node: &'a Node,
-    session_id: &'a SessionId,
-    /// Whether this request made the reservation (and so must give it back).
-    owned: bool,
-}
-
-impl<'a> Reservation<'a> {
-    fn admit(node: &'a Node, session_id: &'a SessionId, demand: Demand) -> Result<Self, ErrorBody> {
-        let admission = node.ledger().admit(session_id, demand).map_err(|refusal| {
-            ErrorBody::new(ErrorCode::Capacity, format!("node {}: {refusal}", node.id))
-        })?;
-        Ok(Self {
-            node,
-            session_id,
-            owned: admission == Admission::Reserved,
-        })
-    }
-
-    /// The container runs: the reservation becomes its allocation (warm, for a pool's).
-    fn settle(mut self, container_id: &str, demand: Demand, warm: bool) {
-        let mut ledger = self.node.ledger();
-        if warm {
-            ledger.mark_warm(self.session_id, container_id, demand);
-        } else {
-            ledger.mark_running(self.session_id, container_id, demand);
-        }
-        self.owned = false;
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if self.owned {
-            self.node.ledger().release(self.session_id);
-        }
-    }
 }

@@ -81,7 +81,8 @@ pub struct Config {
     pub output_limit: u64,
 
     /// For scale benchmarks only: run this many simulated nodes instead of one backed by Docker
-    /// (containers are in-memory records). The capacity flags apply to each node.
+    /// (containers are in-memory records). The capacity flags apply to each node. Needs a build
+    /// with the `simulation` feature.
     #[arg(long, env = "NODE_DAEMON_SIMULATE_NODES")]
     pub simulate_nodes: Option<u32>,
 
@@ -139,6 +140,11 @@ pub enum ConfigError {
     NodeIdPrefix(String),
     #[error("simulated_images must name at least one image")]
     NoSimulatedImages,
+    #[error(
+        "simulate_nodes (--simulate-nodes) runs a simulated fleet, but this node-daemon was built \
+         without the `simulation` feature: build it with `--features node-daemon/simulation`"
+    )]
+    SimulationNotBuilt,
 }
 
 impl Config {
@@ -192,6 +198,9 @@ impl Config {
                 .all(|image| image.trim().is_empty())
             {
                 return Err(ConfigError::NoSimulatedImages);
+            }
+            if !cfg!(feature = "simulation") {
+                return Err(ConfigError::SimulationNotBuilt);
             }
         }
         Ok(())
@@ -358,7 +367,17 @@ mod tests {
             parse(&["--simulate-nodes", "10", "--node-id-prefix", "a.b"]),
             Err(ConfigError::NodeIdPrefix("a.b".to_owned()))
         );
-        assert_eq!(parse(&["--simulate-nodes", "10000"]), Ok(()));
+        let simulation = if cfg!(feature = "simulation") {
+            Ok(())
+        } else {
+            Err(ConfigError::SimulationNotBuilt)
+        };
+        assert_eq!(parse(&["--simulate-nodes", "10000"]), simulation);
+        assert!(
+            ConfigError::SimulationNotBuilt
+                .to_string()
+                .contains("built without the `simulation` feature")
+        );
         assert!(Config::try_parse_from(["node-daemon", "--node-id", "a.b"]).is_err());
         assert!(Config::try_parse_from(["node-daemon", "--heartbeat-interval", "0s"]).is_err());
     }

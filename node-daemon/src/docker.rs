@@ -16,8 +16,8 @@ use bollard::query_parameters::{
     RenameContainerOptionsBuilder,
 };
 use futures::{Stream, StreamExt as _};
-use messages::session::{ContainerSpec, NetworkMode};
-use messages::{NodeId, SessionId, labels};
+use messages::template::{ContainerSpec, NetworkMode};
+use messages::{ErrorBody, ErrorCode, NodeId, SessionId, labels};
 
 use crate::ledger::Demand;
 
@@ -64,6 +64,19 @@ impl DockerError {
 
     pub fn is_conflict(&self) -> bool {
         self.status == Some(409)
+    }
+
+    /// The engine has no image of the name a create asked for (it never pulls one). Other
+    /// missing things (a network, say) are 404s too, so the engine's message decides.
+    pub fn is_no_such_image(&self) -> bool {
+        self.status == Some(404) && self.message.starts_with("No such image")
+    }
+}
+
+/// Docker failures reach the requester with Docker's own message.
+impl From<DockerError> for ErrorBody {
+    fn from(error: DockerError) -> Self {
+        ErrorBody::new(ErrorCode::RuntimeError, error.to_string())
     }
 }
 
@@ -307,15 +320,6 @@ impl DockerEngine {
         Ok(tags)
     }
 
-    pub async fn has_image(&self, image: &str) -> Result<bool, DockerError> {
-        let inspected = self
-            .docker
-            .inspect_image(image)
-            .await
-            .map_err(DockerError::during(format!("inspecting image {image}")));
-        Ok(found(inspected)?.is_some())
-    }
-
     /// Every container labelled as this node's, running or not.
     pub async fn managed_containers(
         &self,
@@ -355,7 +359,8 @@ impl DockerEngine {
     }
 
     /// Makes (but does not start) the session's container; returns its id. A name already taken
-    /// is a [`DockerError::is_conflict`] error.
+    /// is a [`DockerError::is_conflict`] error, an image the engine does not have a
+    /// [`DockerError::is_no_such_image`] one.
     pub async fn create_sandbox(
         &self,
         sandbox: &SandboxContainer<'_>,
@@ -492,9 +497,22 @@ fn node_label(node_id: &NodeId) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_missing_image_is_a_missing_image() {
+        let error = |status, message: &str| DockerError {
+            action: "creating container sandbox-s1".to_owned(),
+            status: Some(status),
+            message: message.to_owned(),
+        };
+        assert!(error(404, "No such image: sandbox-no-such-image:0").is_no_such_image());
+        assert!(!error(404, "network sandbox_net not found").is_no_such_image());
+        assert!(!error(500, "No such image: x").is_no_such_image());
+        assert!(error(409, "Conflict. The container name is in use").is_conflict());
+    }
+
     use std::collections::BTreeMap;
 
-    use messages::session::Resources;
+    use messages::template::Resources;
 
     use super::*;
 

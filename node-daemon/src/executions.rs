@@ -9,17 +9,19 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use chrono::{DateTime, Utc};
 use messages::execution::{
-    ExecutionOutput, ExecutionResult, ExecutionStarted, ExecutionStatus, MAX_TIMEOUT_SECS,
-    OutputStream, RunExecution,
+    ExecutionOutput, ExecutionResult, ExecutionStarted, ExecutionStatus, OutputStream, RunExecution,
 };
 use messages::headers::MSG_ID;
-use messages::{ErrorBody, ErrorCode, ExecutionId, SessionId, subjects};
+use messages::{ErrorBody, ExecutionId, SessionId, subjects};
 use service_kit::bus;
 use tracing::Instrument as _;
 
-use crate::agent::{self, AgentChannel, AgentResult, Registration, RunEvent, RunEvents, truncate};
-use crate::commands::{Command, env_problem};
+use crate::agent::{
+    AgentChannel, AgentError, AgentResult, Registration, RunEvent, RunEvents, truncate,
+};
+use crate::containers;
 use crate::node::Node;
+use crate::serve::Command;
 
 /// Room in a result message for everything but the two output streams: the return value, the
 /// error, the other fields and the headers.
@@ -66,23 +68,9 @@ impl Command for RunExecution {
     }
 }
 
-fn check_run(command: &RunExecution) -> Result<(), ErrorBody> {
-    let invalid = |message: String| Err(ErrorBody::new(ErrorCode::InvalidRequest, message));
-    if !(1..=MAX_TIMEOUT_SECS).contains(&command.timeout_secs) {
-        return invalid(format!(
-            "timeout_secs must be between 1 and {MAX_TIMEOUT_SECS}, not {}",
-            command.timeout_secs
-        ));
-    }
-    if let Some(problem) = env_problem(&command.env) {
-        return invalid(problem);
-    }
-    Ok(())
-}
-
 async fn start(node: &Node, command: RunExecution) -> Result<ExecutionStarted, ErrorBody> {
-    check_run(&command)?;
-    let agent = agent::for_session(node, &command.session_id).await?;
+    command.check().map_err(ErrorBody::invalid)?;
+    let agent = containers::for_session(node, &command.session_id).await?;
     let events = match agent.register_run(&command.execution_id)? {
         // A repeated request (say, redelivered): the run it asked for is going already.
         Registration::AlreadyRunning { started_at } => {
@@ -116,7 +104,9 @@ async fn start(node: &Node, command: RunExecution) -> Result<ExecutionStarted, E
         started_at,
         deadline: tokio::time::Instant::now() + timeout + WATCHDOG_GRACE,
     };
-    tokio::spawn(run.follow(events).instrument(tracing::Span::current()));
+    // Followed past this answer; at shutdown the daemon lets it report for a while.
+    node.background
+        .spawn(run.follow(events).instrument(tracing::Span::current()));
     Ok(ExecutionStarted {
         execution_id: command.execution_id,
         started_at,
@@ -188,7 +178,7 @@ impl Run {
                     }
                 }
                 Ok(Some(RunEvent::Finished(result))) => break Ending::Reported(result),
-                Ok(None) => break Ending::Lost(agent::AgentError::Stopped.to_string()),
+                Ok(None) => break Ending::Lost(AgentError::Stopped.to_string()),
                 Err(_) => {
                     tracing::warn!("the executor did not report in time; cancelling the run");
                     let cancel = serde_json::json!({

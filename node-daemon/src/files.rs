@@ -8,13 +8,14 @@ use messages::files::{
     AbortUpload, CHUNK_BYTES, DeleteFile, FileChunk, FileDeleted, FileListing, FileWriteProgress,
     ListFiles, ReadFileChunk, UploadAborted, WorkspacePath, WriteFileChunk,
 };
-use messages::{ErrorBody, ErrorCode, SessionId};
+use messages::{ErrorBody, SessionId};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::agent::{self, AgentError};
-use crate::commands::Command;
+use crate::agent::AgentError;
+use crate::containers;
 use crate::node::Node;
+use crate::serve::Command;
 
 /// The longest upload id: it becomes part of a temporary file's name.
 const MAX_UPLOAD_ID_LEN: usize = 64;
@@ -36,7 +37,7 @@ impl Command for WriteFileChunk {
 
     async fn run(self, node: &Node) -> Result<FileWriteProgress, ErrorBody> {
         if self.data.len() > CHUNK_BYTES {
-            return Err(invalid(format!(
+            return Err(ErrorBody::invalid(format!(
                 "a chunk carries at most {CHUNK_BYTES} bytes, not {}",
                 self.data.len()
             )));
@@ -175,7 +176,9 @@ impl Command for DeleteFile {
 
     async fn run(self, node: &Node) -> Result<FileDeleted, ErrorBody> {
         if self.path.is_root() {
-            return Err(invalid("/workspace itself cannot be deleted".to_owned()));
+            return Err(ErrorBody::invalid(
+                "/workspace itself cannot be deleted".to_owned(),
+            ));
         }
         ask(
             node,
@@ -197,7 +200,7 @@ async fn ask<const N: usize>(
     op: &str,
     fields: [(&str, Value); N],
 ) -> Result<Map<String, Value>, ErrorBody> {
-    let agent = agent::for_session(node, session_id).await?;
+    let agent = containers::for_session(node, session_id).await?;
     let fields = fields
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))
@@ -217,10 +220,6 @@ fn bad_reply(message: String) -> ErrorBody {
     AgentError::BadReply(message).into()
 }
 
-fn invalid(message: String) -> ErrorBody {
-    ErrorBody::new(ErrorCode::InvalidRequest, message)
-}
-
 /// Upload ids name temporary files, so they are kept to a safe alphabet.
 fn check_upload_id(upload_id: &str) -> Result<(), ErrorBody> {
     let ok = !upload_id.is_empty()
@@ -231,7 +230,7 @@ fn check_upload_id(upload_id: &str) -> Result<(), ErrorBody> {
     if ok {
         Ok(())
     } else {
-        Err(invalid(format!(
+        Err(ErrorBody::invalid(format!(
             "upload_id must be 1 to {MAX_UPLOAD_ID_LEN} characters from A-Z a-z 0-9 _ -"
         )))
     }

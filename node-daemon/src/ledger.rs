@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use messages::SessionId;
 use messages::node::NodeUsage;
-use messages::session::Resources;
+use messages::template::Resources;
 
 /// CPU is counted in thousandths of a core so that sums and comparisons are exact.
 const MILLICORES_PER_CORE: f64 = 1000.0;

@@ -6,6 +6,7 @@ mod agent;
 mod announce;
 mod commands;
 mod config;
+mod containers;
 mod docker;
 mod events;
 mod executions;
@@ -13,17 +14,22 @@ mod files;
 mod ledger;
 mod node;
 mod pool;
-mod simulate;
+mod running;
+mod serve;
+#[cfg(feature = "simulation")]
+mod simulation;
+mod warm;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::Context as _;
+use messages::SessionId;
 use messages::execution::RunExecution;
 use messages::files::{AbortUpload, DeleteFile, ListFiles, ReadFileChunk, WriteFileChunk};
 use messages::node::{CreateContainer, RemoveContainer};
-use messages::subjects::{self, NodeVerb};
-use messages::{NodeId, SessionId};
+use messages::subjects;
+use service_kit::Subscription;
 use service_kit::tasks::Tasks;
 use tokio_util::sync::CancellationToken;
 
@@ -31,37 +37,18 @@ pub use crate::config::{Config, ConfigError};
 use crate::docker::{ContainerFacts, DockerEngine, HostResources};
 use crate::ledger::{Capacity, Ledger};
 use crate::node::{Node, Settings};
-
-/// How long the daemon's tasks get to finish once it is told to stop.
-const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
-
-/// A started node daemon.
-#[derive(Debug)]
-pub struct Running {
-    node_id: NodeId,
-    tasks: Tasks,
-}
-
-impl Running {
-    pub fn node_id(&self) -> &NodeId {
-        &self.node_id
-    }
-
-    /// Waits until the daemon is cancelled (or one of its tasks failed), then for its tasks to
-    /// finish, for at most ten seconds.
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.tasks.join(SHUTDOWN_DEADLINE).await
-    }
-}
+pub use crate::running::Running;
+use crate::serve::Commands;
 
 /// Starts the daemon and returns once the node is ready: Docker reached, the network in place,
 /// command subscriptions made and the registration published.
 pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<Running> {
     // 1. Check the configuration before anything is contacted.
     config.validate().context("invalid configuration")?;
+    #[cfg(feature = "simulation")]
     if config.simulate_nodes.is_some() {
         // A benchmark's stand-in for a fleet: no Docker at all.
-        return simulate::start(config, cancel).await;
+        return simulation::start(config, cancel).await;
     }
     let node_id = config.node_id.clone();
 
@@ -111,29 +98,10 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         "Docker engine ready"
     );
 
-    // 7. Connect to NATS (checking it takes messages as large as a run's result) and subscribe
-    //    to this node's commands, to discovery and to template changes.
+    // 7. Connect to NATS, checking it takes messages as large as a run's result.
     let nats =
         service_kit::bus::connect(&config.nats_url, &format!("node-daemon {node_id}")).await?;
     check_max_payload(&nats, config.output_limit)?;
-    let mut command_subscriptions = Vec::with_capacity(NodeVerb::ALL.len());
-    for verb in NodeVerb::ALL {
-        let subject = subjects::node_command(&node_id, verb);
-        let subscriber = nats
-            .subscribe(subject.clone())
-            .await
-            .with_context(|| format!("subscribing to {subject}"))?;
-        command_subscriptions.push((verb, subscriber));
-    }
-    let discover = nats
-        .subscribe(subjects::nodes_discover())
-        .await
-        .with_context(|| format!("subscribing to {}", subjects::nodes_discover()))?;
-    let template_updates = nats
-        .subscribe(subjects::templates_updated())
-        .await
-        .with_context(|| format!("subscribing to {}", subjects::templates_updated()))?;
-
     let registration = announce::registration(&config, offered, cached_images);
     let settings = Settings {
         sandbox_network: config.network,
@@ -142,59 +110,27 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     };
     let node = Arc::new(Node::new(nats, docker, settings, registration, ledger));
 
-    // 8. Serve commands and discovery, and follow Docker's events. The tasks stop with `cancel`,
+    // 8. Subscribe to this node's commands (one line each), to discovery and to template
+    //    changes, all before the node is announced.
+    let mut commands = Commands::new(Arc::clone(&node));
+    commands.add::<CreateContainer>().await?;
+    commands.add::<RemoveContainer>().await?;
+    commands.add::<RunExecution>().await?;
+    commands.add::<WriteFileChunk>().await?;
+    commands.add::<AbortUpload>().await?;
+    commands.add::<ReadFileChunk>().await?;
+    commands.add::<ListFiles>().await?;
+    commands.add::<DeleteFile>().await?;
+    commands.add_ping().await?;
+    let discover = Subscription::subscribe(&node.nats, subjects::nodes_discover()).await?;
+    let template_updates =
+        Subscription::subscribe(&node.nats, subjects::templates_updated()).await?;
+
+    // 9. Serve commands and discovery, and follow Docker's events. The tasks stop with `cancel`,
     //    or all together when one fails.
     let mut tasks = Tasks::new(cancel.child_token());
     let stop = tasks.cancel_token().clone();
-    for (verb, subscriber) in command_subscriptions {
-        let node = Arc::clone(&node);
-        let stop = stop.clone();
-        let name = verb.as_str();
-        match verb {
-            NodeVerb::ContainersCreate => {
-                tasks.spawn(
-                    name,
-                    commands::serve::<CreateContainer>(node, subscriber, stop),
-                );
-            }
-            NodeVerb::ContainersRemove => {
-                tasks.spawn(
-                    name,
-                    commands::serve::<RemoveContainer>(node, subscriber, stop),
-                );
-            }
-            NodeVerb::ExecutionsRun => {
-                tasks.spawn(
-                    name,
-                    commands::serve::<RunExecution>(node, subscriber, stop),
-                );
-            }
-            NodeVerb::FilesWrite => {
-                tasks.spawn(
-                    name,
-                    commands::serve::<WriteFileChunk>(node, subscriber, stop),
-                );
-            }
-            NodeVerb::FilesAbort => {
-                tasks.spawn(name, commands::serve::<AbortUpload>(node, subscriber, stop));
-            }
-            NodeVerb::FilesRead => {
-                tasks.spawn(
-                    name,
-                    commands::serve::<ReadFileChunk>(node, subscriber, stop),
-                );
-            }
-            NodeVerb::FilesList => {
-                tasks.spawn(name, commands::serve::<ListFiles>(node, subscriber, stop));
-            }
-            NodeVerb::FilesDelete => {
-                tasks.spawn(name, commands::serve::<DeleteFile>(node, subscriber, stop));
-            }
-            NodeVerb::Ping => {
-                tasks.spawn(name, announce::serve_ping(node, subscriber, stop));
-            }
-        }
-    }
+    tasks.spawn("commands", commands.serve(stop.clone()));
     tasks.spawn(
         "discover",
         announce::serve_discover(Arc::clone(&node), discover, stop.clone()),
@@ -208,7 +144,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         events::watch_containers(Arc::clone(&node), events_since, stop.clone()),
     );
 
-    // 9. Announce the node, then keep it alive with heartbeats.
+    // 10. Announce the node, then keep it alive with heartbeats.
     let cached_images = node.registration.cached_images.clone();
     if let Err(error) = announce::publish_registration(&node, cached_images, Some(inventory)).await
     {
@@ -226,7 +162,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     tasks.spawn("heartbeat", announce::heartbeat(Arc::clone(&node), stop));
     tracing::info!(node_id = %node_id, "node registered");
 
-    Ok(Running { node_id, tasks })
+    Ok(Running::new(node_id, tasks, node.background.clone()))
 }
 
 /// A run's result carries both output streams, each up to the output limit, in one message: the

@@ -1,5 +1,5 @@
-//! The state every task of the daemon shares: who this node is, its connections, its ledger and
-//! its agent channels.
+//! The state every task of the daemon shares: who this node is, its connections, its ledger, its
+//! agent channels, warm pools and background work.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -8,11 +8,12 @@ use std::time::Duration;
 use messages::node::NodeRegistration;
 use messages::{NodeId, SessionId};
 use tokio::sync::OwnedMutexGuard;
+use tokio_util::task::TaskTracker;
 
 use crate::agent::Agents;
 use crate::docker::DockerEngine;
 use crate::ledger::Ledger;
-use crate::pool::WarmPools;
+use crate::warm::WarmPools;
 
 /// The configured values a [`Node`] keeps.
 #[derive(Debug)]
@@ -40,6 +41,8 @@ pub(crate) struct Node {
     pub agents: Agents,
     /// Containers kept warm for templates that ask for them.
     pub pools: WarmPools,
+    /// Work no request waits for (removals, run followers), waited for at shutdown.
+    pub background: TaskTracker,
     ledger: Mutex<Ledger>,
     session_locks: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -63,6 +66,7 @@ impl Node {
             output_limit: settings.output_limit,
             agents: Agents::default(),
             pools: WarmPools::default(),
+            background: TaskTracker::new(),
             ledger: Mutex::new(ledger),
             session_locks: Mutex::new(HashMap::new()),
         }

@@ -1,26 +1,25 @@
 //! Warm pools: for each template that asks for one (`warm_pool_size`), this node keeps that many
 //! containers created and running, so a session create claims one (renamed to the session)
 //! instead of starting a container. Warm containers count against capacity like any other; a
-//! claimed one was never given to anyone before, and the pool refills in the background.
+//! claimed one was never given to anyone before, and the pool refills in the background. The
+//! pools' state is `warm.rs`; this is what the engine and the ledger do around it.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::Subscriber;
-use futures::StreamExt as _;
-use messages::SessionId;
-use messages::api::ListTemplates;
-use messages::session::ContainerSpec;
-use service_kit::bus;
-use tokio::sync::Notify;
+use messages::api::templates::{ListTemplates, TemplateUpdated};
+use messages::template::ContainerSpec;
+use messages::{ErrorBody, ErrorCode, SessionId};
+use service_kit::{Subscription, bus};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::commands;
-use crate::docker::{ContainerFacts, DockerEngine, SandboxContainer};
+use crate::containers;
+use crate::docker::{ContainerFacts, DockerEngine};
 use crate::ledger::Demand;
 use crate::node::Node;
+use crate::warm::WarmContainer;
 
 /// How often the templates' pool sizes are read from the control plane.
 const TEMPLATES_REFRESH: Duration = Duration::from_secs(10);
@@ -32,48 +31,6 @@ const RETRY_AFTER: Duration = Duration::from_secs(2);
 const TEMPLATES_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pool ids name warm containers (`sandbox-pool-…`) until a session claims them.
 const POOL_ID_PREFIX: &str = "pool-";
-
-/// A running warm container, not yet claimed.
-#[derive(Debug, Clone)]
-struct WarmContainer {
-    pool_id: SessionId,
-    container_id: String,
-}
-
-/// One template's pool on this node.
-#[derive(Debug)]
-struct Pool {
-    spec: ContainerSpec,
-    size: usize,
-    ready: VecDeque<WarmContainer>,
-}
-
-/// Every pool of this node, by template id.
-#[derive(Debug, Default)]
-pub(crate) struct WarmPools {
-    pools: Mutex<HashMap<String, Pool>>,
-    /// Wakes the refill after a claim.
-    refill: Notify,
-}
-
-impl WarmPools {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Pool>> {
-        self.pools.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Takes a ready container whose spec is exactly `spec`, if a pool has one.
-    fn take(&self, spec: &ContainerSpec) -> Option<WarmContainer> {
-        let taken = self
-            .lock()
-            .values_mut()
-            .find(|pool| &pool.spec == spec && !pool.ready.is_empty())
-            .and_then(|pool| pool.ready.pop_front());
-        if taken.is_some() {
-            self.refill.notify_one();
-        }
-        taken
-    }
-}
 
 /// Hands a warm container of exactly `spec` to `session_id`: the ledger moves its allocation to
 /// the session and the container takes the session's name. `None` when no pool has one ready
@@ -117,19 +74,9 @@ async fn discard(node: &Node, warm: &WarmContainer) {
 
 /// A warm container stopped on its own: it leaves its pool (which refills) and the engine.
 pub(crate) async fn container_died(node: &Node, container_id: &str) {
-    let dead = {
-        let mut pools = node.pools.lock();
-        pools.values_mut().find_map(|pool| {
-            let index = pool
-                .ready
-                .iter()
-                .position(|warm| warm.container_id == container_id)?;
-            pool.ready.remove(index)
-        })
-    };
-    if let Some(warm) = dead {
+    if let Some(warm) = node.pools.remove(container_id) {
         discard(node, &warm).await;
-        node.pools.refill.notify_one();
+        node.pools.wake_refill();
     }
 }
 
@@ -137,12 +84,7 @@ pub(crate) async fn container_died(node: &Node, container_id: &str) {
 /// node full: warm containers are spare capacity, never a reason to refuse a session. Returns
 /// whether one was removed.
 pub(crate) async fn evict_one(node: &Node) -> bool {
-    let evicted = node
-        .pools
-        .lock()
-        .values_mut()
-        .find_map(|pool| pool.ready.pop_back());
-    match evicted {
+    match node.pools.take_any() {
         Some(warm) => {
             tracing::info!(
                 container_id = warm.container_id,
@@ -181,7 +123,7 @@ pub(crate) async fn discard_unclaimed(
 /// each claim.
 pub(crate) async fn maintain(
     node: Arc<Node>,
-    mut template_updates: Subscriber,
+    mut template_updates: Subscription<TemplateUpdated>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut refresh = tokio::time::interval(TEMPLATES_REFRESH);
@@ -192,7 +134,8 @@ pub(crate) async fn maintain(
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             _ = refresh.tick() => refresh_sizes(&node).await,
-            Some(_) = template_updates.next() => {
+            news = template_updates.next() => {
+                news?;
                 // Every node hears the news at once: each reads after its own random pause, so
                 // a large fleet does not ask at the same moment, and changes in quick
                 // succession cost one read.
@@ -207,7 +150,7 @@ pub(crate) async fn maintain(
                 refresh_after_news = None;
                 refresh_sizes(&node).await;
             }
-            () = node.pools.refill.notified() => {}
+            () = node.pools.refill_wanted() => {}
             () = tokio::time::sleep(RETRY_AFTER), if retry => {}
         }
         retry = !fill(&node, &cancel).await;
@@ -224,39 +167,17 @@ async fn refresh_sizes(node: &Node) {
             return;
         }
     };
-    let mut surplus = Vec::new();
-    {
-        let mut pools = node.pools.lock();
-        let wanted: HashMap<String, (ContainerSpec, usize)> = templates
-            .iter()
-            .filter(|template| template.warm_pool_size > 0)
-            .map(|template| {
-                let size = usize::try_from(template.warm_pool_size).unwrap_or(usize::MAX);
-                (template.id.clone(), (template.container_spec(), size))
-            })
-            .collect();
-        pools.retain(|template_id, pool| {
-            let keep = wanted
-                .get(template_id)
-                .is_some_and(|(spec, _)| spec == &pool.spec);
-            if !keep {
-                surplus.extend(pool.ready.drain(..));
-            }
-            keep
-        });
-        for (template_id, (spec, size)) in wanted {
-            let pool = pools.entry(template_id).or_insert_with(|| Pool {
-                spec,
-                size,
-                ready: VecDeque::new(),
-            });
-            pool.size = size;
-            while pool.ready.len() > pool.size {
-                surplus.extend(pool.ready.pop_back());
-            }
-        }
-    }
-    for warm in &surplus {
+    let wanted: HashMap<String, (ContainerSpec, usize)> = templates
+        .iter()
+        .filter(|template| template.definition.warm_pool_size > 0)
+        .map(|template| {
+            let size = usize::try_from(template.definition.warm_pool_size).unwrap_or(usize::MAX);
+            // A warm container is made without any session's environment.
+            let spec = template.container_spec_with(&BTreeMap::new());
+            (template.id().to_owned(), (spec, size))
+        })
+        .collect();
+    for warm in &node.pools.resize(wanted) {
         discard(node, warm).await;
     }
 }
@@ -265,34 +186,23 @@ async fn refresh_sizes(node: &Node) {
 /// image missing, engine error), so the caller tries again a little later.
 async fn fill(node: &Node, cancel: &CancellationToken) -> bool {
     // Pools that failed this pass; the others still fill.
-    let mut failed = std::collections::HashSet::new();
+    let mut failed = HashSet::new();
     loop {
         if cancel.is_cancelled() {
             return true;
         }
-        let next = node
-            .pools
-            .lock()
-            .iter()
-            .find(|(template_id, pool)| {
-                pool.ready.len() < pool.size && !failed.contains(*template_id)
-            })
-            .map(|(template_id, pool)| (template_id.clone(), pool.spec.clone()));
-        let Some((template_id, spec)) = next else {
+        let Some((template_id, spec)) = node.pools.next_to_fill(&failed) else {
             return failed.is_empty();
         };
         match make_warm(node, &template_id, &spec).await {
             Ok(warm) => {
-                let mut pools = node.pools.lock();
-                match pools.get_mut(&template_id) {
-                    Some(pool) if pool.spec == spec => pool.ready.push_back(warm),
-                    // The template changed while the container started: it is not wanted.
-                    _ => {
-                        drop(pools);
-                        node.ledger().forget(&warm.pool_id, &warm.container_id);
-                        let docker = node.docker.clone();
-                        tokio::spawn(async move { remove(&docker, &warm.container_id).await });
-                    }
+                // The template changed while the container started: it is not wanted.
+                if let Err(unwanted) = node.pools.add_ready(&template_id, &spec, warm) {
+                    node.ledger()
+                        .forget(&unwanted.pool_id, &unwanted.container_id);
+                    let docker = node.docker.clone();
+                    node.background
+                        .spawn(async move { remove(&docker, &unwanted.container_id).await });
                 }
             }
             Err(error) => {
@@ -307,37 +217,22 @@ async fn make_warm(
     node: &Node,
     template_id: &str,
     spec: &ContainerSpec,
-) -> Result<WarmContainer, messages::ErrorBody> {
+) -> Result<WarmContainer, ErrorBody> {
     // A warm container never takes the node's last room: one session of the same size must
     // still fit, so the schedulers keep seeing room for it.
     if !node.ledger().has_room_for(Demand::of(&spec.resources), 2) {
-        return Err(messages::ErrorBody::new(
-            messages::ErrorCode::Capacity,
+        return Err(ErrorBody::new(
+            ErrorCode::Capacity,
             "no room for a warm container next to one more session",
         ));
     }
-    if !node.docker.has_image(&spec.image).await? {
-        return Err(messages::ErrorBody::new(
-            messages::ErrorCode::NotFound,
-            format!("image {} is not on this node", spec.image),
-        ));
-    }
     let pool_id = SessionId::parse(format!("{POOL_ID_PREFIX}{}", uuid::Uuid::now_v7().simple()))
-        .map_err(|error| {
-            messages::ErrorBody::new(messages::ErrorCode::Internal, error.to_string())
-        })?;
-    let sandbox = SandboxContainer {
-        session_id: &pool_id,
-        node_id: &node.id,
-        spec,
-        sandbox_network: &node.sandbox_network,
-        warm_pool: Some(template_id),
-    };
-    let container_id = commands::make_container(node, &sandbox)
+        .map_err(|error| ErrorBody::new(ErrorCode::Internal, error.to_string()))?;
+    let container_id = containers::make(node, &pool_id, spec, Some(template_id))
         .await?
         .ok_or_else(|| {
-            messages::ErrorBody::new(
-                messages::ErrorCode::Conflict,
+            ErrorBody::new(
+                ErrorCode::Conflict,
                 format!("the name of warm container {pool_id} is taken"),
             )
         })?;

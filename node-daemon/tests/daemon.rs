@@ -5,13 +5,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bollard::query_parameters::KillContainerOptionsBuilder;
+use messages::execution::RunExecution;
+use messages::files::{AbortUpload, DeleteFile, ListFiles, ReadFileChunk, WriteFileChunk};
 use messages::node::{
-    ContainerCreated, ContainerExited, ContainerReady, DiscoverNodes, ExitReason, Heartbeat,
-    NodeRegistration, NodeSelfStatus,
+    ContainerCreated, ContainerExited, ContainerReady, CreateContainer, DiscoverNodes, ExitReason,
+    Heartbeat, NodeRegistration, NodeSelfStatus, PingNode, RemoveContainer,
 };
-use messages::session::NetworkMode;
-use messages::subjects::{self, NodeVerb};
-use messages::{ErrorBody, ErrorCode, Reply, labels};
+use messages::subjects;
+use messages::template::NetworkMode;
+use messages::{ErrorBody, ErrorCode, NodeCommand, Reply, labels};
 use service_kit::bus::{self, BusError};
 
 mod common;
@@ -23,6 +25,17 @@ fn remote_error(result: Result<ContainerCreated, BusError>) -> ErrorBody {
         Err(BusError::Remote(error)) => error,
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+fn assert_announces(registration: &NodeRegistration, image: &str) {
+    assert!(
+        registration
+            .cached_images
+            .iter()
+            .any(|cached| cached == image),
+        "{image} is not in {:?}",
+        registration.cached_images
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -44,14 +57,7 @@ async fn start_registers_heartbeats_answers_discovery_and_says_when_it_stops() {
     assert!(registration.total_cpu_cores > 0.0);
     assert!(registration.total_memory_mb > 0);
     assert_eq!(registration.max_containers, 10);
-    assert!(
-        registration
-            .cached_images
-            .iter()
-            .any(|image| image == harness.image),
-        "{:?}",
-        registration.cached_images
-    );
+    assert_announces(&registration, harness.image);
     assert!(
         !registration
             .cached_images
@@ -79,7 +85,10 @@ async fn start_registers_heartbeats_answers_discovery_and_says_when_it_stops() {
         bus::publish(
             &harness.client,
             subjects::nodes_discover(),
-            &DiscoverNodes { node_id: asked },
+            &DiscoverNodes {
+                node_id: asked,
+                images_only: false,
+            },
         )
         .await
         .expect("discovery published");
@@ -100,6 +109,55 @@ async fn start_registers_heartbeats_answers_discovery_and_says_when_it_stops() {
     )
     .await;
     assert_eq!(last.status, NodeSelfStatus::Stopping);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn discovery_for_the_images_only_leaves_the_containers_out() {
+    let harness = Harness::started(|_| {}).await;
+    let session_id = new_session();
+    let created = harness.create(&session_id).await;
+    let mut registrations = harness.subscribe(subjects::nodes_register()).await;
+    let node_id = harness.node_id().clone();
+
+    // Answered in order: first without the inventory, then with it.
+    for images_only in [true, false] {
+        bus::publish(
+            &harness.client,
+            subjects::nodes_discover(),
+            &DiscoverNodes {
+                node_id: Some(node_id.clone()),
+                images_only,
+            },
+        )
+        .await
+        .expect("discovery published");
+    }
+    let mut without_inventory = 0;
+    let with_inventory = loop {
+        let registration = next_matching(
+            &mut registrations,
+            "a registration on discovery",
+            |registration: &NodeRegistration| registration.node_id == node_id,
+        )
+        .await;
+        assert_announces(&registration, harness.image);
+        match registration.inventory {
+            Some(inventory) => break inventory,
+            // The images-only answer (or an announcement of an image another test made).
+            None => without_inventory += 1,
+        }
+    };
+    assert!(
+        without_inventory >= 1,
+        "the images-only discovery was answered with the inventory"
+    );
+    let reported = with_inventory
+        .containers
+        .iter()
+        .find(|container| container.container_id == created.container_id)
+        .expect("the session's container is in the inventory");
+    assert_eq!(reported.session_id.as_ref(), Some(&session_id));
+    assert!(reported.running);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -275,10 +333,13 @@ async fn a_missing_image_is_not_found_and_bad_input_is_invalid() {
     let refusal = remote_error(harness.create_with(&session_id, spec).await);
     assert_eq!(refusal.code, ErrorCode::NotFound);
     assert!(
-        refusal.message.contains("sandbox-no-such-image:0"),
+        refusal.message.contains("sandbox-no-such-image:0")
+            && refusal.message.contains("images are never pulled"),
         "{}",
         refusal.message
     );
+    // The create's reservation was given back.
+    assert_eq!(harness.fresh_heartbeat().await.running_containers, 0);
 
     let mut spec = harness.spec(NetworkMode::None);
     spec.resources.cpu_cores = 0.0;
@@ -286,7 +347,18 @@ async fn a_missing_image_is_not_found_and_bad_input_is_invalid() {
     assert_eq!(refusal.code, ErrorCode::InvalidRequest);
     assert_eq!(harness.containers_of(&session_id).await, 0);
 
-    for verb in NodeVerb::ALL {
+    // Every verb the daemon answers.
+    for verb in [
+        CreateContainer::VERB,
+        RemoveContainer::VERB,
+        RunExecution::VERB,
+        WriteFileChunk::VERB,
+        AbortUpload::VERB,
+        ReadFileChunk::VERB,
+        ListFiles::VERB,
+        DeleteFile::VERB,
+        PingNode::VERB,
+    ] {
         let answer = harness
             .client
             .request(

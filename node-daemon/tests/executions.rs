@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_nats::Subscriber;
 use futures::StreamExt as _;
+use messages::NodeCommand as _;
 use messages::execution::{
     ExecutionOutput, ExecutionResult, ExecutionStarted, ExecutionStatus, Language, OutputStream,
     RunExecution,
@@ -15,9 +16,8 @@ use messages::files::{
     WorkspacePath, WriteFileChunk,
 };
 use messages::headers::MSG_ID;
-use messages::node::NodeCommand as _;
-use messages::session::{ContainerSpec, NetworkMode};
 use messages::subjects;
+use messages::template::{ContainerSpec, NetworkMode};
 use messages::{ErrorBody, ErrorCode, ExecutionId, Reply, SessionId};
 use sandbox_ops::testkit;
 use service_kit::bus::{self, BusError};
@@ -36,7 +36,7 @@ async fn harness(output_limit: u64) -> Harness {
     let harness = Harness::started(|config| config.output_limit = output_limit).await;
     require_executor_image(&harness).await;
     let jetstream = async_nats::jetstream::new(harness.client.clone());
-    bus::ensure_executions_stream(&jetstream)
+    service_kit::streams::ensure_executions_stream(&jetstream)
         .await
         .expect("the EXECUTIONS stream exists");
     harness
@@ -162,6 +162,20 @@ async fn collect(events: &mut Subscriber, id: &ExecutionId, within: Duration) ->
     Finished { output, result }
 }
 
+/// The result the EXECUTIONS stream holds for run `id`.
+async fn stored_result(harness: &Harness, id: &ExecutionId) -> ExecutionResult {
+    let jetstream = async_nats::jetstream::new(harness.client.clone());
+    let stream = jetstream
+        .get_stream(subjects::executions_stream())
+        .await
+        .expect("the stream");
+    let stored = stream
+        .get_last_raw_message_by_subject(&subjects::execution_result(id))
+        .await
+        .expect("the result is stored");
+    messages::decode(&stored.payload).expect("a stored result")
+}
+
 async fn python(harness: &Harness, session_id: &SessionId, code: &str) -> Finished {
     run(harness, run_command(session_id, Language::Python, code)).await
 }
@@ -198,17 +212,7 @@ async fn code_runs_with_its_output_streamed_and_its_result_published() {
     assert!(result.duration_ms.is_some());
 
     // The result is kept in the EXECUTIONS stream under its de-duplication id.
-    let jetstream = async_nats::jetstream::new(harness.client.clone());
-    let stream = jetstream
-        .get_stream(subjects::executions_stream())
-        .await
-        .expect("the stream");
-    let stored = stream
-        .get_last_raw_message_by_subject(&subjects::execution_result(&result.execution_id))
-        .await
-        .expect("the result is stored");
-    let stored: ExecutionResult = messages::decode(&stored.payload).expect("a stored result");
-    assert_eq!(&stored, result);
+    assert_eq!(&stored_result(&harness, &result.execution_id).await, result);
 
     // Stateful Python keeps its globals; the last expression is the return value.
     let finished = python(&harness, &session_id, "x = 41").await;
@@ -597,6 +601,20 @@ async fn a_restarted_daemon_attaches_again_and_the_state_is_kept() {
     harness.start().await;
     let finished = python(&harness, &session_id, "print(kept)").await;
     assert_eq!(finished.result.stdout, "yes\n", "{finished:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_still_going_at_shutdown_reports_before_the_daemon_stops() {
+    let mut harness = harness(1024 * 1024).await;
+    let session_id = executor_session(&harness).await;
+    let command = run_command(&session_id, Language::Shell, "sleep 2; echo done");
+    let _events = start(&harness, &command).await;
+    harness.stop().await;
+
+    // The daemon waited for the run's follower: the result was stored before it stopped.
+    let stored = stored_result(&harness, &command.execution_id).await;
+    assert_eq!(stored.status, ExecutionStatus::Completed, "{stored:?}");
+    assert_eq!(stored.stdout, "done\n");
 }
 
 #[tokio::test(flavor = "multi_thread")]

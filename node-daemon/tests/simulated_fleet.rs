@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use messages::node::{ContainerCreated, CreateContainer, NodePong, PingNode};
-use messages::session::{ContainerSpec, NetworkMode, Resources};
 use messages::simulation::{FleetStats, FleetStatsRequest, NodesSilenced, SilenceNodes};
+use messages::template::{ContainerSpec, NetworkMode, Resources};
 use messages::{ErrorCode, NodeId, SessionId, subjects};
 use node_daemon::Config;
 use sandbox_ops::testkit::NatsServer;

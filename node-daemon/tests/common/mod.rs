@@ -13,8 +13,8 @@ use futures::StreamExt as _;
 use messages::node::{
     ContainerCreated, ContainerRemoved, CreateContainer, Heartbeat, RemoveContainer,
 };
-use messages::session::{ContainerSpec, NetworkMode, Resources};
 use messages::subjects;
+use messages::template::{ContainerSpec, NetworkMode, Resources};
 use messages::{NodeId, SessionId, labels};
 use node_daemon::{Config, Running};
 use sandbox_ops::testkit::{self, NatsServer};
