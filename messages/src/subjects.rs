@@ -38,7 +38,7 @@ pub fn nodes_updated() -> &'static str {
     "sandbox.nodes.updated"
 }
 
-/// A template was created, changed or deleted ([`crate::control::TemplateUpdated`]).
+/// A template was created, changed or deleted ([`crate::api::templates::TemplateUpdated`]).
 pub fn templates_updated() -> &'static str {
     "sandbox.templates.updated"
 }

@@ -1,5 +1,5 @@
 //! The body of every service binary's `main`, so each `main.rs` is a few lines: the
-//! configuration is checked before anything is contacted (a bad value exits with
+//! configuration is parsed and checked before anything is contacted (a bad value exits with
 //! [`EX_USAGE`] and the reason, as linkerd2-proxy does), then telemetry, the one cancel signal
 //! on SIGTERM/SIGINT, and the service until it stops (exit 1 if it failed).
 
@@ -11,19 +11,33 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::EX_USAGE;
 
-/// Checks `config` with `validate`, then runs `serve(config, cancel)` on a multi-threaded
-/// runtime with telemetry for `name`, until it returns.
+/// Parses the configuration from the command line and the environment and checks it with
+/// `validate` (a value either refuses exits with [`EX_USAGE`]; `--help` and `--version` print and
+/// exit 0), then runs `serve(config, cancel)` on a multi-threaded runtime with telemetry for
+/// `name`, until it returns.
 pub fn main<C, E, F, Fut>(
     name: &'static str,
-    config: C,
     validate: impl FnOnce(&C) -> Result<(), E>,
     serve: F,
 ) -> ExitCode
 where
+    C: clap::Parser,
     E: Display,
     F: FnOnce(C, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    let config = match C::try_parse() {
+        Ok(config) => config,
+        Err(error) => {
+            // `--help` and `--version` end here too, printed on stdout, successfully.
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     if let Err(error) = validate(&config) {
         eprintln!("{name}: invalid configuration: {error}");
         return ExitCode::from(EX_USAGE);
