@@ -165,12 +165,8 @@ async fn bad_input_gets_json_errors_and_stores_nothing() {
         .send()
         .await
         .expect("the gateway answers");
-    let error = expect_error(
-        response,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "no content type",
-    )
-    .await;
+    let unsupported = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    let error = expect_error(response, unsupported, "no content type").await;
     assert_eq!(error["code"], "unsupported_media_type");
 
     let response = http
@@ -350,6 +346,15 @@ async fn take_create(requests: &mut jetstream::consumer::pull::Stream) -> Create
     create
 }
 
+/// The answer to a POST sent from a task of its own.
+async fn answered(
+    post: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+) -> reqwest::Response {
+    post.await
+        .expect("the POST task")
+        .expect("the gateway answers")
+}
+
 #[tokio::test]
 async fn create_answers_from_the_status_the_scheduler_announces() {
     let nats = NatsServer::start().expect("nats-server starts");
@@ -402,10 +407,7 @@ async fn create_answers_from_the_status_the_scheduler_announces() {
     service_kit::bus::publish(&bus, status_subject, &running)
         .await
         .expect("announcing running");
-    let response = answer
-        .await
-        .expect("the POST task")
-        .expect("the gateway answers");
+    let response = answered(answer).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let session: Value = response.json().await.expect("a JSON session");
     assert_eq!(session["id"], id.as_str());
@@ -426,10 +428,7 @@ async fn create_answers_from_the_status_the_scheduler_announces() {
     service_kit::bus::publish(&bus, subjects::session_status(&id), &failed)
         .await
         .expect("announcing failed");
-    let response = answer
-        .await
-        .expect("the POST task")
-        .expect("the gateway answers");
+    let response = answered(answer).await;
     let error = expect_error(
         response,
         StatusCode::SERVICE_UNAVAILABLE,

@@ -313,6 +313,41 @@ pub fn remove_docker_objects_blocking(node_ids: &[String], network: &str) {
     let _ = cleanup.join();
 }
 
+/// Checks the locked-down host configuration the node daemon gives every sandbox container: the
+/// template's CPU, memory (and no swap beyond it) and process limits, every capability dropped,
+/// `no-new-privileges`, an init process, no network, not privileged, no host paths. Panics at
+/// the first difference: for tests.
+#[track_caller]
+pub fn assert_locked_down(
+    host: &bollard::models::HostConfig,
+    cpu_cores: f64,
+    memory_mb: i64,
+    pids_limit: i64,
+) {
+    let memory = memory_mb * 1024 * 1024;
+    assert_eq!(
+        host.nano_cpus,
+        Some((cpu_cores * 1e9).round() as i64),
+        "CPU"
+    );
+    assert_eq!(host.memory, Some(memory), "memory");
+    assert_eq!(host.memory_swap, Some(memory), "memory with swap");
+    assert_eq!(host.pids_limit, Some(pids_limit), "processes");
+    assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
+    assert_eq!(
+        host.security_opt,
+        Some(vec!["no-new-privileges".to_owned()])
+    );
+    assert_eq!(host.network_mode.as_deref(), Some("none"));
+    assert_eq!(host.init, Some(true));
+    assert_ne!(host.privileged, Some(true));
+    assert!(
+        host.binds.as_ref().is_none_or(Vec::is_empty),
+        "host paths: {:?}",
+        host.binds
+    );
+}
+
 /// A tiny image for tests of container handling: Debian's static busybox in an empty root,
 /// imported (nothing is pulled). Its default command sleeps forever. Built once per machine.
 pub const TEST_IMAGE: &str = "sandbox-test-busybox:1";

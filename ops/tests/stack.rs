@@ -64,26 +64,26 @@ async fn a_process_logs_is_waited_for_frozen_thawed_and_stopped() {
     assert!(!process.is_running());
 }
 
+/// What waiting for a process that is never ready fails with.
+async fn never_ready(process: &mut Process, within: Duration) -> String {
+    let error = process
+        .wait_ready(within, async |_: &Process| false)
+        .await
+        .expect_err("never ready");
+    error.to_string()
+}
+
 #[tokio::test]
 async fn waiting_fails_with_the_log_when_the_process_exits_or_takes_too_long() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut quitter = shell(dir.path(), "quitter", "echo giving up; exit 3");
-    let error = quitter
-        .wait_ready(Duration::from_secs(10), async |_: &Process| false)
-        .await
-        .expect_err("it exits");
-    let message = error.to_string();
+    let message = never_ready(&mut quitter, Duration::from_secs(10)).await;
     assert!(
         message.contains("quitter exited at start") && message.contains("giving up"),
         "{message}"
     );
-
     let mut sleeper = shell(dir.path(), "sleeper", "echo zzz; exec sleep 30");
-    let error = sleeper
-        .wait_ready(Duration::from_millis(300), async |_: &Process| false)
-        .await
-        .expect_err("never ready");
-    let message = error.to_string();
+    let message = never_ready(&mut sleeper, Duration::from_millis(300)).await;
     assert!(
         message.contains("sleeper not ready within") && message.contains("zzz"),
         "{message}"

@@ -56,16 +56,7 @@ async fn a_session_request_becomes_a_running_container_and_delete_removes_it() {
     assert_eq!(container_labels[labels::NODE_ID], node_id);
     assert_eq!(container_labels[labels::MANAGED_BY], labels::MANAGER);
     let host = container.host_config.expect("host config");
-    assert_eq!(host.nano_cpus, Some(1_000_000_000));
-    assert_eq!(host.memory, Some(512 * 1024 * 1024));
-    assert_eq!(host.pids_limit, Some(256));
-    assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
-    assert_eq!(
-        host.security_opt,
-        Some(vec!["no-new-privileges".to_owned()])
-    );
-    assert_eq!(host.network_mode.as_deref(), Some("none"));
-    assert_ne!(host.privileged, Some(true));
+    testkit::assert_locked_down(&host, 1.0, 512, 256);
 
     // The seed's own check against the database: the container id is recorded.
     let pool = system.sql_pool().await;

@@ -54,6 +54,21 @@ impl<'a> Session<'a> {
     }
 }
 
+/// A run's stderr.
+fn stderr(execution: &Value) -> &str {
+    execution["stderr"].as_str().expect("stderr")
+}
+
+/// An id no session or execution has.
+const UNKNOWN_ID: &str = "0193a1b2-0000-7000-8000-000000000000";
+
+/// A GET that is not answered JSON (an event stream, a download), expected to answer 200.
+async fn get_ok(system: &System, url: String) -> reqwest::Response {
+    let response = system.http.get(&url).send().await.expect("answered");
+    assert_eq!(response.status(), 200, "GET {url}");
+    response
+}
+
 /// The command lines of the processes in a container, as `docker top` shows them.
 fn processes(container_id: &str) -> String {
     let output = std::process::Command::new("docker")
@@ -80,19 +95,19 @@ async fn each_language_runs_with_its_output_exit_code_and_record() {
     assert!(execution["duration_ms"].as_u64().is_some());
     assert!(execution["started_at"].is_string() && execution["completed_at"].is_string());
 
-    let shell = session.run(json!({"code": "echo out; echo err >&2; read line; echo \"got $line $GREETING\"; exit 3",
-               "language": "shell", "stdin": "input\n", "env": {"GREETING": "hi"}}),
-    )
-    .await;
+    let shell = session
+        .run(json!({"code": "echo out; echo err >&2; read line; echo \"got $line $GREETING\"; exit 3",
+               "language": "shell", "stdin": "input\n", "env": {"GREETING": "hi"}}))
+        .await;
     assert_eq!(shell["status"], "failed");
     assert_eq!(shell["exit_code"], 3);
     assert_eq!(shell["stdout"], "out\ngot input hi\n");
     assert_eq!(shell["stderr"], "err\n");
 
-    let javascript = session.run(json!({"code": "console.log([1, 2, 3].map(x => x * 2).join(',')); console.error('warn'); process.exit(2)",
-               "language": "javascript"}),
-    )
-    .await;
+    let javascript = session
+        .run(json!({"code": "console.log([1, 2, 3].map(x => x * 2).join(',')); console.error('warn'); process.exit(2)",
+               "language": "javascript"}))
+        .await;
     assert_eq!(javascript["status"], "failed");
     assert_eq!(javascript["exit_code"], 2);
     assert_eq!(javascript["stdout"], "2,4,6\n");
@@ -101,13 +116,7 @@ async fn each_language_runs_with_its_output_exit_code_and_record() {
     let raised = session.python("raise ValueError('boom')").await;
     assert_eq!(raised["status"], "failed");
     assert_eq!(raised["exit_code"], 1);
-    assert!(
-        raised["stderr"]
-            .as_str()
-            .expect("stderr")
-            .contains("ValueError: boom"),
-        "{raised}"
-    );
+    assert!(stderr(&raised).contains("ValueError: boom"), "{raised}");
 
     // Each run is stored and readable, and the session lists them newest first.
     let (status, read_back) = system
@@ -184,12 +193,7 @@ async fn python_state_persists_until_the_interpreter_is_killed() {
         .run(json!({"code": "print(x)", "fresh": true}))
         .await;
     assert_eq!(fresh["status"], "failed");
-    assert!(
-        fresh["stderr"]
-            .as_str()
-            .expect("stderr")
-            .contains("NameError")
-    );
+    assert!(stderr(&fresh).contains("NameError"), "{fresh}");
 
     // A timeout interrupts the running code and keeps the state.
     let interrupted = session
@@ -201,20 +205,15 @@ async fn python_state_persists_until_the_interpreter_is_killed() {
 
     // Code that ignores the interrupt gets its interpreter killed: the state is gone, said so,
     // and the next run starts clean.
-    let stubborn = session.run(json!({"code": "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass",
-               "timeout": 2}),
-    )
-    .await;
+    let stubborn = session
+        .run(json!({"code": "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass",
+               "timeout": 2}))
+        .await;
     assert_eq!(stubborn["status"], "timeout");
     assert_eq!(stubborn["state_lost"], true, "{stubborn}");
     let after = session.python("print(x)").await;
     assert_eq!(after["status"], "failed");
-    assert!(
-        after["stderr"]
-            .as_str()
-            .expect("stderr")
-            .contains("NameError")
-    );
+    assert!(stderr(&after).contains("NameError"), "{after}");
     assert_eq!(
         session.python("print('fresh start')").await["stdout"],
         "fresh start\n"
@@ -242,20 +241,20 @@ async fn limits_hold_and_the_node_and_other_sessions_carry_on() {
     );
 
     // Output is capped per stream (1 MiB by default) and says so.
-    let loud = session.run(json!({"code": "import sys\nsys.stdout.write('x' * (3 << 20))\nsys.stderr.write('e' * 10)",
-               "fresh": true}),
-    )
-    .await;
+    let loud = session
+        .run(json!({"code": "import sys\nsys.stdout.write('x' * (3 << 20))\nsys.stderr.write('e' * 10)",
+               "fresh": true}))
+        .await;
     assert_eq!(loud["status"], "completed", "{}", loud["error"]);
     assert_eq!(loud["stdout"].as_str().expect("stdout").len(), 1 << 20);
     assert_eq!(loud["stderr"], "eeeeeeeeee");
     assert_eq!(loud["truncated"], true);
 
     // Past the session's memory limit (512 MiB): out of memory, reported as such.
-    let hungry = session.run(json!({"code": "chunks = []\nwhile True: chunks.append(b'x' * (16 << 20))", "fresh": true,
-               "timeout": 60}),
-    )
-    .await;
+    let hungry = session
+        .run(json!({"code": "chunks = []\nwhile True: chunks.append(b'x' * (16 << 20))", "fresh": true,
+               "timeout": 60}))
+        .await;
     assert_eq!(hungry["status"], "failed", "{hungry}");
     assert!(
         hungry["error"]
@@ -347,13 +346,8 @@ async fn output_streams_while_the_program_runs_and_replays_after() {
         .await;
     assert_eq!(status, 202);
     let execution_id = started["id"].as_str().expect("id").to_owned();
-    let response = system
-        .http
-        .get(system.url(&format!("/api/v1/executions/{execution_id}/stream")))
-        .send()
-        .await
-        .expect("stream opens");
-    assert_eq!(response.status(), 200);
+    let stream = system.url(&format!("/api/v1/executions/{execution_id}/stream"));
+    let response = get_ok(&system, stream.clone()).await;
     assert!(
         response.headers()["content-type"]
             .to_str()
@@ -389,12 +383,7 @@ async fn output_streams_while_the_program_runs_and_replays_after() {
     assert_eq!(result["stdout"], stdout.as_str());
 
     // After the end, the stream replays the record.
-    let response = system
-        .http
-        .get(system.url(&format!("/api/v1/executions/{execution_id}/stream")))
-        .send()
-        .await
-        .expect("stream opens");
+    let response = get_ok(&system, stream).await;
     let replay: Vec<String> = read_events(response)
         .await
         .into_iter()
@@ -403,7 +392,7 @@ async fn output_streams_while_the_program_runs_and_replays_after() {
     assert_eq!(replay, ["stdout", "stderr", "result"]);
 
     let (status, missing) = system
-        .get("/api/v1/executions/0193a1b2-0000-7000-8000-000000000000/stream")
+        .get(&format!("/api/v1/executions/{UNKNOWN_ID}/stream"))
         .await;
     assert_eq!(status, 404, "{missing}");
 }
@@ -430,13 +419,7 @@ async fn files_move_whole_and_paths_stay_inside_the_workspace() {
     assert_eq!(entry["size"], 50u64 << 20);
     assert_eq!(entry["kind"], "file");
     assert_eq!(entry["path"], "data/big.bin");
-    let response = system
-        .http
-        .get(files("data/big.bin"))
-        .send()
-        .await
-        .expect("download answered");
-    assert_eq!(response.status(), 200);
+    let response = get_ok(&system, files("data/big.bin")).await;
     assert_eq!(
         response.headers()["content-length"]
             .to_str()
@@ -471,12 +454,8 @@ async fn files_move_whole_and_paths_stay_inside_the_workspace() {
         )
         .await;
     assert_eq!(summed["stdout"], "42\n", "{summed}");
-    let total = system
-        .http
-        .get(files("out/total.txt"))
-        .send()
+    let total = get_ok(&system, files("out/total.txt"))
         .await
-        .expect("download answered")
         .text()
         .await
         .expect("body");
@@ -554,17 +533,15 @@ async fn bad_execution_requests_get_clear_errors_and_change_nothing() {
     let (_, page) = system.get(&path).await;
     assert_eq!(page["total"], 0, "a refused request was recorded");
 
+    let unknown_session = format!("/api/v1/sessions/{UNKNOWN_ID}/executions");
     let (status, error) = system
-        .post_json(
-            "/api/v1/sessions/0193a1b2-0000-7000-8000-000000000000/executions",
-            &json!({"code": "print(1)"}),
-        )
+        .post_json(&unknown_session, &json!({"code": "print(1)"}))
         .await;
     assert_eq!(status, 404, "{error}");
     let (status, _) = system.get("/api/v1/executions/no-such-run").await;
     assert_eq!(status, 404);
     let (status, _) = system
-        .get("/api/v1/sessions/0193a1b2-0000-7000-8000-000000000000/files?path=")
+        .get(&format!("/api/v1/sessions/{UNKNOWN_ID}/files?path="))
         .await;
     assert_eq!(status, 404);
 
@@ -639,7 +616,7 @@ async fn the_seeds_result_callback_records_one_result_and_needs_the_token() {
 
     let (status, _) = system
         .post_internal(
-            "/internal/executions/0193a1b2-0000-7000-8000-000000000000/result",
+            &format!("/internal/executions/{UNKNOWN_ID}/result"),
             Some(TOKEN),
             &result,
         )

@@ -9,7 +9,7 @@ use common::{Options, SLEEPER, System, create_request, docker};
 use messages::labels;
 use sandbox_ops::stack::Signal;
 use sandbox_ops::testkit;
-use serde_json::json;
+use serde_json::{Value, json};
 
 const TOKEN: &str = "test-internal-token-0123456789";
 
@@ -296,12 +296,11 @@ async fn sessions_expire_keep_alive_extends_them_and_expired_ones_leave_no_conta
         .create_session(json!({"template_id": SLEEPER, "timeout": 2}))
         .await;
     let kept_id = kept["id"].as_str().expect("id").to_owned();
-    let (status, extended) = system
-        .post_json(
-            &format!("/api/v1/sessions/{kept_id}/timeout"),
-            &json!({"timeout": 60}),
-        )
-        .await;
+    let keep_alive = |id: &str, body: Value| {
+        let (system, path) = (&system, format!("/api/v1/sessions/{id}/timeout"));
+        async move { system.post_json(&path, &body).await }
+    };
+    let (status, extended) = keep_alive(&kept_id, json!({"timeout": 60})).await;
     assert_eq!(status, 200, "{extended}");
     assert_eq!(extended["timeout_seconds"], 60);
 
@@ -319,18 +318,11 @@ async fn sessions_expire_keep_alive_extends_them_and_expired_ones_leave_no_conta
         (json!({"timeout": "soon"}), 422),
         (json!({}), 422),
     ] {
-        let (status, answer) = system
-            .post_json(&format!("/api/v1/sessions/{kept_id}/timeout"), &body)
-            .await;
+        let (status, answer) = keep_alive(&kept_id, body.clone()).await;
         assert_eq!(status, wanted, "{body}: {answer}");
         assert!(answer["error"]["code"].is_string());
     }
-    let (status, answer) = system
-        .post_json(
-            &format!("/api/v1/sessions/{short_id}/timeout"),
-            &json!({"timeout": 60}),
-        )
-        .await;
+    let (status, answer) = keep_alive(&short_id, json!({"timeout": 60})).await;
     assert_eq!(status, 409, "an expired session is not revived: {answer}");
     let (_, after) = system.get(&format!("/api/v1/sessions/{kept_id}")).await;
     assert_eq!(after["expires_at"], extended["expires_at"]);
@@ -469,17 +461,18 @@ async fn templates_are_created_replaced_and_deleted_and_a_missing_image_is_named
     assert_eq!(status, 200, "{replaced}");
     assert_eq!(replaced["resources"]["memory_mb"], 256);
     assert_eq!(replaced["timeout_seconds"], 60);
-    let (status, _) = system
-        .put_json(
+    // A body naming another id, and an unknown template.
+    for (path, body, wanted) in [
+        (
             "/api/v1/templates/tiny",
-            &json!({"id": "other", "image": "sandbox-executor:v1.0"}),
-        )
-        .await;
-    assert_eq!(status, 422);
-    let (status, _) = system
-        .put_json("/api/v1/templates/absent", &json!({"image": "x:1"}))
-        .await;
-    assert_eq!(status, 404);
+            json!({"id": "other", "image": "sandbox-executor:v1.0"}),
+            422,
+        ),
+        ("/api/v1/templates/absent", json!({"image": "x:1"}), 404),
+    ] {
+        let (status, answer) = system.put_json(path, &body).await;
+        assert_eq!(status, wanted, "{path} {body}: {answer}");
+    }
     let session = system.create_session(json!({"template_id": "tiny"})).await;
     assert_eq!(session["resources"]["memory_mb"], 256);
     assert_eq!(session["timeout_seconds"], 60);

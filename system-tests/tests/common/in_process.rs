@@ -6,6 +6,18 @@ use clap::Parser as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// Parses `flags` as the binary would (the crate's `Config`) and starts the crate's service
+/// (its `start`) on `cancel`: every service crate has this shape.
+macro_rules! start {
+    ($service:ident, $binary:literal, $flags:expr, $cancel:expr) => {{
+        let config = $service::Config::try_parse_from(with_name($binary, $flags))
+            .expect(concat!($binary, " config"));
+        $service::start(config, $cancel.clone())
+            .await
+            .expect(concat!($binary, " starts"))
+    }};
+}
+
 /// The services this process runs, stopped when dropped (or by [`InProcess::stop`]).
 pub struct InProcess {
     cancel: CancellationToken,
@@ -22,21 +34,13 @@ impl InProcess {
 
     /// A scheduler replica, `flags` as the binary takes them; returns once it is ready.
     pub async fn start_scheduler(&mut self, flags: &[String]) {
-        let config = scheduler_worker::Config::try_parse_from(with_name("scheduler-worker", flags))
-            .expect("scheduler config");
-        let running = scheduler_worker::start(config, self.cancel.clone())
-            .await
-            .expect("scheduler starts");
+        let running = start!(scheduler_worker, "scheduler-worker", flags, self.cancel);
         self.running.push(tokio::spawn(running.wait()));
     }
 
     /// A gateway; returns its base URL, and its internal listener's when it has one.
     pub async fn start_gateway(&mut self, flags: &[String]) -> (String, Option<String>) {
-        let config = api_gateway::Config::try_parse_from(with_name("api-gateway", flags))
-            .expect("gateway config");
-        let running = api_gateway::start(config, self.cancel.clone())
-            .await
-            .expect("gateway starts");
+        let running = start!(api_gateway, "api-gateway", flags, self.cancel);
         let base = format!("http://{}", running.local_addr());
         let internal = running
             .internal_addr()
@@ -47,11 +51,7 @@ impl InProcess {
 
     /// A node daemon; returns once it started (registered or not).
     pub async fn start_node(&mut self, flags: &[String]) {
-        let config = node_daemon::Config::try_parse_from(with_name("node-daemon", flags))
-            .expect("node config");
-        let running = node_daemon::start(config, self.cancel.clone())
-            .await
-            .expect("node daemon starts");
+        let running = start!(node_daemon, "node-daemon", flags, self.cancel);
         self.running.push(tokio::spawn(running.wait()));
     }
 

@@ -249,7 +249,6 @@ async fn a_replica_killed_mid_placement_loses_no_request_and_makes_no_duplicate(
     const NODES: usize = 3;
     const CAPACITY: usize = 8;
     const REQUESTS: usize = 100;
-    let test_started = Instant::now();
     // A short ack wait, so JetStream hands the dead replica's requests on within seconds
     // (the replica that creates the consumer sets it; this one is first). The victim logs its
     // queries, which show what it holds.
@@ -258,6 +257,7 @@ async fn a_replica_killed_mid_placement_loses_no_request_and_makes_no_duplicate(
         ..Options::default()
     };
     let replica_logs = ["info,sqlx::query=debug", "info"];
+    let test_started = Instant::now();
     let (mut system, [victim, _], nodes) =
         replicas_and_small_nodes(options, replica_logs, NODES, CAPACITY).await;
     let client = async_nats::connect(system.nats_url())
