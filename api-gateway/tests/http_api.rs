@@ -6,13 +6,12 @@ use std::time::Duration;
 use api_gateway::Config;
 use async_nats::jetstream;
 use futures::StreamExt as _;
-use messages::api::GetTemplate;
+use messages::api::templates::GetTemplate;
 use messages::headers::{MSG_ID, SCHEMA_VERSION_HEADER};
-use messages::session::{
-    CreateSession, NO_HEALTHY_NODES, NetworkMode, Resources, Session, SessionStatus, Template,
-};
-use messages::subjects::{self, ApiOp};
-use messages::{ErrorBody, ErrorCode, NodeId, Reply, SessionId};
+use messages::session::{CreateSession, NO_HEALTHY_NODES, Session, SessionStatus};
+use messages::subjects;
+use messages::template::{NetworkMode, Resources, Template, TemplateDefinition};
+use messages::{ApiRequest as _, ErrorBody, ErrorCode, NodeId, Reply, SessionId};
 use reqwest::StatusCode;
 use sandbox_ops::testkit::NatsServer;
 use serde_json::{Value, json};
@@ -165,12 +164,8 @@ async fn bad_input_gets_json_errors_and_stores_nothing() {
         .send()
         .await
         .expect("the gateway answers");
-    let error = expect_error(
-        response,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "no content type",
-    )
-    .await;
+    let unsupported = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    let error = expect_error(response, unsupported, "no content type").await;
     assert_eq!(error["code"], "unsupported_media_type");
 
     let response = http
@@ -278,19 +273,21 @@ async fn without_a_scheduler_reads_and_creates_are_unavailable() {
 fn template() -> Template {
     let now = chrono::Utc::now();
     Template {
-        id: TEMPLATE_ID.to_owned(),
-        name: "Python".to_owned(),
-        description: String::new(),
-        image_url: "sandbox-executor:v1.0".to_owned(),
-        resources: Resources {
-            cpu_cores: 1.0,
-            memory_mb: 512,
-            pids_limit: 128,
+        definition: TemplateDefinition {
+            id: TEMPLATE_ID.to_owned(),
+            name: "Python".to_owned(),
+            description: String::new(),
+            image_url: "sandbox-executor:v1.0".to_owned(),
+            resources: Resources {
+                cpu_cores: 1.0,
+                memory_mb: 512,
+                pids_limit: 128,
+            },
+            network: NetworkMode::SandboxNetwork,
+            env: Default::default(),
+            timeout_seconds: 3600,
+            warm_pool_size: 0,
         },
-        network: NetworkMode::SandboxNetwork,
-        env: Default::default(),
-        timeout_seconds: 3600,
-        warm_pool_size: 0,
         created_at: now,
         updated_at: now,
     }
@@ -300,7 +297,15 @@ fn template() -> Template {
 fn announced(id: &SessionId, status: SessionStatus) -> Session {
     Session {
         status,
-        ..Session::pending(id.clone(), &template(), None, chrono::Utc::now())
+        ..Session::pending(
+            id.clone(),
+            TEMPLATE_ID,
+            "sandbox-executor:v1.0",
+            template().definition.resources,
+            NetworkMode::SandboxNetwork,
+            3600,
+            chrono::Utc::now(),
+        )
     }
 }
 
@@ -308,7 +313,7 @@ fn announced(id: &SessionId, status: SessionStatus) -> Session {
 async fn serve_templates(bus: async_nats::Client) -> tokio::task::JoinHandle<()> {
     let mut requests = bus
         .queue_subscribe(
-            subjects::api(ApiOp::TemplatesGet),
+            GetTemplate::SUBJECT,
             subjects::scheduler_queue_group().to_owned(),
         )
         .await
@@ -348,6 +353,15 @@ async fn take_create(requests: &mut jetstream::consumer::pull::Stream) -> Create
     assert!(headers.get(SCHEMA_VERSION_HEADER).is_some());
     message.double_ack().await.expect("acking the request");
     create
+}
+
+/// The answer to a POST sent from a task of its own.
+async fn answered(
+    post: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+) -> reqwest::Response {
+    post.await
+        .expect("the POST task")
+        .expect("the gateway answers")
 }
 
 #[tokio::test]
@@ -402,10 +416,7 @@ async fn create_answers_from_the_status_the_scheduler_announces() {
     service_kit::bus::publish(&bus, status_subject, &running)
         .await
         .expect("announcing running");
-    let response = answer
-        .await
-        .expect("the POST task")
-        .expect("the gateway answers");
+    let response = answered(answer).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let session: Value = response.json().await.expect("a JSON session");
     assert_eq!(session["id"], id.as_str());
@@ -426,10 +437,7 @@ async fn create_answers_from_the_status_the_scheduler_announces() {
     service_kit::bus::publish(&bus, subjects::session_status(&id), &failed)
         .await
         .expect("announcing failed");
-    let response = answer
-        .await
-        .expect("the POST task")
-        .expect("the gateway answers");
+    let response = answered(answer).await;
     let error = expect_error(
         response,
         StatusCode::SERVICE_UNAVAILABLE,

@@ -14,6 +14,7 @@ use messages::node::{
 use messages::subjects;
 use messages::template::NetworkMode;
 use messages::{ErrorBody, ErrorCode, NodeCommand, Reply, labels};
+use sandbox_ops::testkit;
 use service_kit::bus::{self, BusError};
 
 mod common;
@@ -203,19 +204,7 @@ async fn create_makes_one_locked_down_container_per_session() {
         Some(labels::MANAGER)
     );
     let host = inspect.host_config.expect("host config");
-    assert_eq!(host.nano_cpus, Some(500_000_000));
-    assert_eq!(host.memory, Some(64 * MIB));
-    assert_eq!(host.memory_swap, Some(64 * MIB));
-    assert_eq!(host.pids_limit, Some(64));
-    assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
-    assert_eq!(
-        host.security_opt,
-        Some(vec!["no-new-privileges".to_owned()])
-    );
-    assert_eq!(host.network_mode.as_deref(), Some("none"));
-    assert_eq!(host.init, Some(true));
-    assert_ne!(host.privileged, Some(true));
-    assert!(host.binds.unwrap_or_default().is_empty());
+    testkit::assert_locked_down(&host, 0.5, 64, 64);
 
     let announced: ContainerReady =
         next_matching(&mut ready, "a ready container", |ready: &ContainerReady| {

@@ -1,4 +1,6 @@
-//! Operator tooling and the test harness: real `nats-server` and PostgreSQL instances started on
-//! free ports in temp dirs, and clean-up of the Docker objects a test made.
+//! Operator tooling and the harness the tests and the benchmark share: [`testkit`] starts real
+//! `nats-server` and PostgreSQL instances on free ports in temp dirs and cleans up Docker
+//! objects; [`stack`] runs the control plane's own binaries as processes on them.
 
+pub mod stack;
 pub mod testkit;

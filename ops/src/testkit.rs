@@ -280,6 +280,74 @@ pub async fn remove_docker_objects(node_id: &str, network: &str) -> anyhow::Resu
     Ok(())
 }
 
+/// How long a create still in flight in a daemon when a test fails may take to finish.
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(3);
+
+/// [`remove_docker_objects`] for each of `node_ids`, from a `Drop`: on a thread with a runtime
+/// of its own, since the caller's runtime may be shutting down or blocked in the drop. When the
+/// thread is panicking (a failed test may leave a create in flight), a second pass follows
+/// after a grace to catch what that create makes.
+pub fn remove_docker_objects_blocking(node_ids: &[String], network: &str) {
+    let passes = if std::thread::panicking() { 2 } else { 1 };
+    let node_ids = node_ids.to_vec();
+    let network = network.to_owned();
+    let cleanup = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let Ok(runtime) = runtime else {
+            eprintln!("no runtime to clean up the Docker objects of {node_ids:?}");
+            return;
+        };
+        for pass in 1..=passes {
+            if pass > 1 {
+                std::thread::sleep(IN_FLIGHT_GRACE);
+            }
+            for node_id in &node_ids {
+                if let Err(error) = runtime.block_on(remove_docker_objects(node_id, &network)) {
+                    eprintln!("cleaning up {node_id}: {error:#}");
+                }
+            }
+        }
+    });
+    let _ = cleanup.join();
+}
+
+/// Checks the locked-down host configuration the node daemon gives every sandbox container: the
+/// template's CPU, memory (and no swap beyond it) and process limits, every capability dropped,
+/// `no-new-privileges`, an init process, no network, not privileged, no host paths. Panics at
+/// the first difference: for tests.
+#[track_caller]
+pub fn assert_locked_down(
+    host: &bollard::models::HostConfig,
+    cpu_cores: f64,
+    memory_mb: i64,
+    pids_limit: i64,
+) {
+    let memory = memory_mb * 1024 * 1024;
+    assert_eq!(
+        host.nano_cpus,
+        Some((cpu_cores * 1e9).round() as i64),
+        "CPU"
+    );
+    assert_eq!(host.memory, Some(memory), "memory");
+    assert_eq!(host.memory_swap, Some(memory), "memory with swap");
+    assert_eq!(host.pids_limit, Some(pids_limit), "processes");
+    assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
+    assert_eq!(
+        host.security_opt,
+        Some(vec!["no-new-privileges".to_owned()])
+    );
+    assert_eq!(host.network_mode.as_deref(), Some("none"));
+    assert_eq!(host.init, Some(true));
+    assert_ne!(host.privileged, Some(true));
+    assert!(
+        host.binds.as_ref().is_none_or(Vec::is_empty),
+        "host paths: {:?}",
+        host.binds
+    );
+}
+
 /// A tiny image for tests of container handling: Debian's static busybox in an empty root,
 /// imported (nothing is pulled). Its default command sleeps forever. Built once per machine.
 pub const TEST_IMAGE: &str = "sandbox-test-busybox:1";

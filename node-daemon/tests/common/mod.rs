@@ -25,11 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub const WAIT: Duration = Duration::from_secs(15);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MIB: i64 = 1024 * 1024;
-/// How long a daemon request still in flight when a test fails may take to finish.
-const IN_FLIGHT_GRACE: Duration = Duration::from_secs(3);
-
-/// Removes the test's containers and network when dropped, also when the test failed; on a
-/// thread of its own because the test's runtime may be shutting down.
+/// Removes the test's containers and network when dropped, also when the test failed.
 struct DockerCleanup {
     node_id: String,
     network: String,
@@ -37,28 +33,7 @@ struct DockerCleanup {
 
 impl Drop for DockerCleanup {
     fn drop(&mut self) {
-        // A failed test may leave a create in flight in the daemon; a second pass catches the
-        // container it makes.
-        let passes = if std::thread::panicking() { 2 } else { 1 };
-        let node_id = self.node_id.clone();
-        let network = self.network.clone();
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a cleanup runtime");
-            for pass in 1..=passes {
-                if pass > 1 {
-                    std::thread::sleep(IN_FLIGHT_GRACE);
-                }
-                if let Err(error) =
-                    runtime.block_on(testkit::remove_docker_objects(&node_id, &network))
-                {
-                    eprintln!("cleaning up {node_id}: {error:#}");
-                }
-            }
-        });
-        let _ = cleanup.join();
+        testkit::remove_docker_objects_blocking(std::slice::from_ref(&self.node_id), &self.network);
     }
 }
 

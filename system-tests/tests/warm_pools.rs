@@ -65,7 +65,7 @@ async fn a_session_claims_a_fresh_warm_container_faster_than_a_cold_start_and_th
 
     // The node reads the template and fills the pool; its heartbeats count the warm ones.
     wait_for_full_pool("warm").await;
-    let client = async_nats::connect(system.nats.url())
+    let client = async_nats::connect(system.nats_url())
         .await
         .expect("NATS reachable");
     let mut heartbeats = client

@@ -5,33 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Options, System, docker};
+use common::{Options, SLEEPER, System, create_request, docker};
 use messages::labels;
+use sandbox_ops::stack::Signal;
 use sandbox_ops::testkit;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "test-internal-token-0123456789";
-
-/// A template whose containers sleep until removed (the busybox test image), so sessions run
-/// until the test ends them whatever the executor image does.
-const SLEEPER: &str = "sleeper";
-
-async fn add_sleeper_template(system: &System) {
-    let image = testkit::ensure_test_image().expect("the test image is built");
-    let (status, body) = system
-        .post_json(
-            "/api/v1/templates",
-            &json!({"id": SLEEPER, "image": image, "cpu": 0.25, "memory": 64, "pids": 16}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-}
-
-async fn create(system: &System, body: Value) -> Value {
-    let (status, session) = system.post_json("/api/v1/sessions", &body).await;
-    assert_eq!(status, 201, "{session}");
-    session
-}
 
 async fn containers_of_session(session_id: &str) -> usize {
     testkit::containers_labelled(labels::SESSION_ID, session_id)
@@ -58,7 +38,7 @@ async fn a_killed_node_goes_offline_its_sessions_are_lost_and_new_ones_go_to_the
         ..Options::default()
     })
     .await;
-    add_sleeper_template(&system).await;
+    system.add_sleeper_template(0.25, 64).await;
     let doomed = system.start_node_process("1s").await;
     let survivor = system.start_node().await;
 
@@ -69,7 +49,7 @@ async fn a_killed_node_goes_offline_its_sessions_are_lost_and_new_ones_go_to_the
     assert_eq!(status, 200, "{drained}");
     assert_eq!(drained["status"], "draining");
     assert_eq!(drained["drained"], true);
-    let session = create(&system, json!({"template_id": SLEEPER})).await;
+    let session = system.create_session(json!({"template_id": SLEEPER})).await;
     assert_eq!(session["runtime_node"], doomed.as_str());
     let id = session["id"].as_str().expect("id").to_owned();
     let (status, _) = system
@@ -87,7 +67,7 @@ async fn a_killed_node_goes_offline_its_sessions_are_lost_and_new_ones_go_to_the
 
     // kill -9: no goodbye. Suspect after two missed heartbeats; the probe then finds no
     // process behind the node's subjects, so offline at once.
-    system.kill_node_process(&doomed);
+    system.node_process(&doomed).kill();
     let (took, seen) = system
         .wait_for_node(&doomed, "offline", Duration::from_secs(15))
         .await;
@@ -112,7 +92,7 @@ async fn a_killed_node_goes_offline_its_sessions_are_lost_and_new_ones_go_to_the
 
     // New sessions all go to the survivor.
     for _ in 0..2 {
-        let session = create(&system, json!({"template_id": SLEEPER})).await;
+        let session = system.create_session(json!({"template_id": SLEEPER})).await;
         assert_eq!(session["runtime_node"], survivor.as_str());
     }
 }
@@ -123,12 +103,18 @@ async fn a_frozen_node_daemon_goes_suspect_then_offline_and_back_online() {
     let node = system.start_node_process("1s").await;
     // Frozen, its connection stays open: the probe gets no answer, so the heartbeat rule
     // decides.
-    system.signal_node_process(&node, "STOP");
+    system
+        .node_process(&node)
+        .signal(Signal::Stop)
+        .expect("frozen");
     let (_, seen) = system
         .wait_for_node(&node, "offline", Duration::from_secs(10))
         .await;
     assert_eq!(seen, ["online", "suspect", "offline"]);
-    system.signal_node_process(&node, "CONT");
+    system
+        .node_process(&node)
+        .signal(Signal::Cont)
+        .expect("thawed");
     system.wait_until_online(&node).await;
 }
 
@@ -136,14 +122,14 @@ async fn a_frozen_node_daemon_goes_suspect_then_offline_and_back_online() {
 async fn a_restarted_node_daemon_adopts_running_sessions_and_removes_the_rest() {
     let image = testkit::ensure_test_image().expect("test image");
     let mut system = System::without_nodes().await;
-    add_sleeper_template(&system).await;
+    system.add_sleeper_template(0.25, 64).await;
     let node = system.start_node_process("1s").await;
-    let running = create(&system, json!({"template_id": SLEEPER})).await;
+    let running = system.create_session(json!({"template_id": SLEEPER})).await;
     let running_id = running["id"].as_str().expect("id").to_owned();
-    let ended = create(&system, json!({"template_id": SLEEPER})).await;
+    let ended = system.create_session(json!({"template_id": SLEEPER})).await;
     let ended_id = ended["id"].as_str().expect("id").to_owned();
 
-    system.kill_node_process(&node);
+    system.node_process(&node).kill();
     // While the daemon is away: a session ends (its container cannot be removed yet), and a
     // container appears that no session knows.
     let (status, _) = system.delete(&format!("/api/v1/sessions/{ended_id}")).await;
@@ -174,7 +160,10 @@ async fn a_restarted_node_daemon_adopts_running_sessions_and_removes_the_rest() 
         .await
         .expect("orphan started");
 
-    system.restart_node_process(&node);
+    system
+        .node_process(&node)
+        .restart()
+        .expect("the daemon starts again");
     system.wait_until_online(&node).await;
     wait_until_no_container(&ended_id, Duration::from_secs(10)).await;
     wait_until_no_container(&orphan_session, Duration::from_secs(10)).await;
@@ -190,7 +179,8 @@ async fn a_restarted_node_daemon_adopts_running_sessions_and_removes_the_rest() 
     assert_eq!(container.state.and_then(|state| state.running), Some(true));
     assert!(
         system
-            .node_process_log(&node)
+            .node_process(&node)
+            .log()
             .contains("registration accepted")
     );
 }
@@ -202,7 +192,7 @@ async fn static_mode_refuses_an_undeclared_daemon_until_it_is_declared() {
         internal_token: Some(TOKEN.to_owned()),
     })
     .await;
-    add_sleeper_template(&system).await;
+    system.add_sleeper_template(0.25, 64).await;
     let node = system.start_node_unchecked(&[]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (status, _) = system.get(&format!("/api/v1/nodes/{node}")).await;
@@ -247,7 +237,7 @@ async fn static_mode_refuses_an_undeclared_daemon_until_it_is_declared() {
     let (_, shown) = system.get(&format!("/api/v1/nodes/{node}")).await;
     assert_eq!(shown["max_containers"], 1, "{shown}");
     assert_eq!(shown["total_cpu_cores"], 2.0, "{shown}");
-    create(&system, json!({"template_id": SLEEPER})).await;
+    system.create_session(json!({"template_id": SLEEPER})).await;
     let (status, full) = system
         .post_json("/api/v1/sessions", &json!({"template_id": SLEEPER}))
         .await;
@@ -272,8 +262,8 @@ async fn static_mode_refuses_an_undeclared_daemon_until_it_is_declared() {
 #[tokio::test]
 async fn drain_stops_new_placements_and_undrain_resumes_them() {
     let system = System::with_node().await;
-    add_sleeper_template(&system).await;
-    let node = system.node_ids[0].clone();
+    system.add_sleeper_template(0.25, 64).await;
+    let node = system.node_ids()[0].clone();
     let (status, drained) = system
         .post_json(&format!("/api/v1/nodes/{node}/drain"), &json!({}))
         .await;
@@ -290,24 +280,27 @@ async fn drain_stops_new_placements_and_undrain_resumes_them() {
         .post_json(&format!("/api/v1/nodes/{node}/undrain"), &json!({}))
         .await;
     assert_eq!(status, 200);
-    create(&system, json!({"template_id": SLEEPER})).await;
+    system.create_session(json!({"template_id": SLEEPER})).await;
 }
 
 #[tokio::test]
 async fn sessions_expire_keep_alive_extends_them_and_expired_ones_leave_no_container() {
     let system = System::with_node().await;
-    add_sleeper_template(&system).await;
-    let short = create(&system, json!({"template_id": SLEEPER, "timeout": 2})).await;
+    system.add_sleeper_template(0.25, 64).await;
+    let short = system
+        .create_session(json!({"template_id": SLEEPER, "timeout": 2}))
+        .await;
     assert_eq!(short["timeout_seconds"], 2);
     let short_id = short["id"].as_str().expect("id").to_owned();
-    let kept = create(&system, json!({"template_id": SLEEPER, "timeout": 2})).await;
-    let kept_id = kept["id"].as_str().expect("id").to_owned();
-    let (status, extended) = system
-        .post_json(
-            &format!("/api/v1/sessions/{kept_id}/timeout"),
-            &json!({"timeout": 60}),
-        )
+    let kept = system
+        .create_session(json!({"template_id": SLEEPER, "timeout": 2}))
         .await;
+    let kept_id = kept["id"].as_str().expect("id").to_owned();
+    let keep_alive = |id: &str, body: Value| {
+        let (system, path) = (&system, format!("/api/v1/sessions/{id}/timeout"));
+        async move { system.post_json(&path, &body).await }
+    };
+    let (status, extended) = keep_alive(&kept_id, json!({"timeout": 60})).await;
     assert_eq!(status, 200, "{extended}");
     assert_eq!(extended["timeout_seconds"], 60);
 
@@ -325,18 +318,11 @@ async fn sessions_expire_keep_alive_extends_them_and_expired_ones_leave_no_conta
         (json!({"timeout": "soon"}), 422),
         (json!({}), 422),
     ] {
-        let (status, answer) = system
-            .post_json(&format!("/api/v1/sessions/{kept_id}/timeout"), &body)
-            .await;
+        let (status, answer) = keep_alive(&kept_id, body.clone()).await;
         assert_eq!(status, wanted, "{body}: {answer}");
         assert!(answer["error"]["code"].is_string());
     }
-    let (status, answer) = system
-        .post_json(
-            &format!("/api/v1/sessions/{short_id}/timeout"),
-            &json!({"timeout": 60}),
-        )
-        .await;
+    let (status, answer) = keep_alive(&short_id, json!({"timeout": 60})).await;
     assert_eq!(status, 409, "an expired session is not revived: {answer}");
     let (_, after) = system.get(&format!("/api/v1/sessions/{kept_id}")).await;
     assert_eq!(after["expires_at"], extended["expires_at"]);
@@ -475,18 +461,19 @@ async fn templates_are_created_replaced_and_deleted_and_a_missing_image_is_named
     assert_eq!(status, 200, "{replaced}");
     assert_eq!(replaced["resources"]["memory_mb"], 256);
     assert_eq!(replaced["timeout_seconds"], 60);
-    let (status, _) = system
-        .put_json(
+    // A body naming another id, and an unknown template.
+    for (path, body, wanted) in [
+        (
             "/api/v1/templates/tiny",
-            &json!({"id": "other", "image": "sandbox-executor:v1.0"}),
-        )
-        .await;
-    assert_eq!(status, 422);
-    let (status, _) = system
-        .put_json("/api/v1/templates/absent", &json!({"image": "x:1"}))
-        .await;
-    assert_eq!(status, 404);
-    let session = create(&system, json!({"template_id": "tiny"})).await;
+            json!({"id": "other", "image": "sandbox-executor:v1.0"}),
+            422,
+        ),
+        ("/api/v1/templates/absent", json!({"image": "x:1"}), 404),
+    ] {
+        let (status, answer) = system.put_json(path, &body).await;
+        assert_eq!(status, wanted, "{path} {body}: {answer}");
+    }
+    let session = system.create_session(json!({"template_id": "tiny"})).await;
     assert_eq!(session["resources"]["memory_mb"], 256);
     assert_eq!(session["timeout_seconds"], 60);
 
@@ -520,7 +507,7 @@ async fn templates_are_created_replaced_and_deleted_and_a_missing_image_is_named
 }
 
 /// Measures kill -9 of a node daemon (default 5 s heartbeats) to `offline` in the API:
-/// `RUNS=5 cargo test -p api-gateway --test fleet detection_time -- --ignored --nocapture`.
+/// `RUNS=5 cargo test -p system-tests --test fleet detection_time -- --ignored --nocapture`.
 #[tokio::test]
 #[ignore = "a measurement (about 20 s a run), not a check"]
 async fn detection_time_from_kill_to_offline() {
@@ -535,13 +522,16 @@ async fn detection_time_from_kill_to_offline() {
         // Kill at a random point of the heartbeat interval, as a crash would.
         let pause = Duration::from_millis(1000 + u64::from(rand_micros()) % 5000);
         tokio::time::sleep(pause).await;
-        system.kill_node_process(&node);
+        system.node_process(&node).kill();
         let (elapsed, seen) = system
             .wait_for_node(&node, "offline", Duration::from_secs(30))
             .await;
         eprintln!("run {run}: kill -9 to offline {elapsed:?} via {seen:?}");
         took.push(elapsed);
-        system.restart_node_process(&node);
+        system
+            .node_process(&node)
+            .restart()
+            .expect("the daemon starts again");
         system.wait_until_online(&node).await;
     }
     took.sort();
@@ -596,7 +586,7 @@ async fn a_session_stuck_before_running_is_failed_with_the_reason() {
 #[tokio::test]
 async fn a_session_being_placed_on_a_dead_node_is_placed_elsewhere() {
     let system = System::with_node().await;
-    let survivor = system.node_ids[0].clone();
+    let survivor = system.node_ids()[0].clone();
     let image = testkit::ensure_test_image().expect("the test image is built");
     // A replica died while placing this session on a node that died too; its request is
     // delivered again.
@@ -614,28 +604,9 @@ async fn a_session_being_placed_on_a_dead_node_is_placed_elsewhere() {
     .execute(&system.sql_pool().await)
     .await
     .expect("inserted");
-    let request = messages::session::CreateSession {
-        session_id: messages::SessionId::parse(id.clone()).expect("valid"),
-        template_id: "sleeper".into(),
-        env: Default::default(),
-        requested_at: now,
-        timeout_seconds: None,
-    };
-    let client = async_nats::connect(system.nats.url())
-        .await
-        .expect("connects");
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(messages::headers::MSG_ID, id.as_str());
-    async_nats::jetstream::new(client)
-        .publish_with_headers(
-            messages::subjects::sessions_create(),
-            headers,
-            messages::encode(&request).expect("encodes").into(),
-        )
-        .await
-        .expect("published")
-        .await
-        .expect("stored");
+    system
+        .publish_create(&create_request(&id, "sleeper", now), &id)
+        .await;
     let (placed, _) = system
         .wait_for_session(&id, "running", Duration::from_secs(15))
         .await;

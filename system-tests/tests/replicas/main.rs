@@ -3,295 +3,73 @@
 //! than it has, every request is answered and settled, a replica killed with SIGKILL loses
 //! nothing, no session gets two containers, and any gateway serves any session.
 
+mod checks;
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use common::{Options, System};
+use checks::{
+    Answer, assert_containers_match, assert_nodes_within_capacity, classify, containers_by_session,
+    per_node, wait_until_all_settled,
+};
+use common::{Options, SLEEPER, System, answer};
 use messages::labels;
 use sandbox_ops::testkit;
 use serde_json::{Value, json};
 
-/// A template whose containers sleep until removed (the busybox test image).
-const SLEEPER: &str = "sleeper";
-
 /// Builds the test image if it is missing. Called before any node starts: a node announces the
 /// images it has when it registers, and a template whose image no node has is refused.
-fn sleeper_image() -> &'static str {
-    testkit::ensure_test_image().expect("the test image is built")
+fn build_sleeper_image() {
+    testkit::ensure_test_image().expect("the test image is built");
 }
 
-async fn add_sleeper_template(system: &System, image: &str) {
-    let (status, body) = system
-        .post_json(
-            "/api/v1/templates",
-            &json!({"id": SLEEPER, "image": image, "cpu": 0.05, "memory": 16, "pids": 16}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-}
-
-/// `POST {base}/api/v1/sessions` (with `?wait=false` unless `wait`): status and JSON body.
-/// Starts `count` node daemons of `capacity` containers each. 1 s beats: a node view that fell
-/// behind during a burst would turn nodes suspect and answer "no healthy nodes", which the tests
-/// count as a failure.
-async fn start_small_nodes(system: &mut System, count: usize, capacity: usize) -> Vec<String> {
-    let mut nodes = Vec::new();
-    for _ in 0..count {
-        let node = system
-            .start_node_process_with("1s", &["--max-containers", &capacity.to_string()])
-            .await;
-        nodes.push(node);
+/// What the burst tests share: the sleeper template, two scheduler replicas as processes next to
+/// the in-process one (with these `RUST_LOG`s), and `nodes` node daemon processes of `capacity`
+/// containers each. 1 s beats: a node view that fell behind during a burst would turn nodes
+/// suspect and answer "no healthy nodes", which the tests count as a failure. Returns the
+/// replicas' indexes and the node ids.
+async fn replicas_and_small_nodes(
+    options: Options,
+    replica_logs: [&str; 2],
+    nodes: usize,
+    capacity: usize,
+) -> (System, [usize; 2], Vec<String>) {
+    build_sleeper_image();
+    let mut system = System::start(options).await;
+    system.add_sleeper_template(0.05, 16).await;
+    let mut replicas = [0; 2];
+    for (replica, rust_log) in replicas.iter_mut().zip(replica_logs) {
+        *replica = system.start_scheduler_process(&[], rust_log).await;
     }
-    nodes
+    let capacity = capacity.to_string();
+    let mut node_ids = Vec::new();
+    for _ in 0..nodes {
+        let node = system
+            .start_node_process_with("1s", &["--max-containers", &capacity])
+            .await;
+        node_ids.push(node);
+    }
+    (system, replicas, node_ids)
 }
 
+/// `POST {base}/api/v1/sessions` of the sleeper (with `?wait=false` unless `wait`): status and
+/// JSON body.
 async fn create_at(http: &reqwest::Client, base: &str, wait: bool) -> (u16, Value) {
     let query = if wait { "" } else { "?wait=false" };
-    let response = http
+    let request = http
         .post(format!("{base}/api/v1/sessions{query}"))
-        .json(&json!({"template_id": SLEEPER}))
-        .send()
-        .await
-        .expect("POST answered");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body read");
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|_| panic!("status {status}: body is not JSON: {text:?}"));
-    (status, body)
+        .json(&json!({"template_id": SLEEPER}));
+    answer(request, "POST").await
 }
 
 async fn get_at(http: &reqwest::Client, base: &str, path: &str) -> (u16, Value) {
-    answer(http.get(format!("{base}{path}"))).await
+    answer(http.get(format!("{base}{path}")), "GET").await
 }
 
 async fn delete_at(http: &reqwest::Client, base: &str, path: &str) -> (u16, Value) {
-    answer(http.delete(format!("{base}{path}"))).await
-}
-
-/// Sends `request`; its status and JSON body.
-async fn answer(request: reqwest::RequestBuilder) -> (u16, Value) {
-    let response = request.send().await.expect("answered");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON body"))
-}
-
-/// What one create was answered.
-#[derive(Debug)]
-enum Answer {
-    /// 201: running, with its container on a node.
-    Running {
-        id: String,
-        node: String,
-        container: String,
-    },
-    /// 202: accepted, still pending.
-    Accepted { id: String },
-    /// 503 `capacity`: every node was full; the session is recorded failed.
-    Full { id: String },
-}
-
-impl Answer {
-    fn id(&self) -> &str {
-        match self {
-            Answer::Running { id, .. } | Answer::Accepted { id } | Answer::Full { id } => id,
-        }
-    }
-}
-
-/// The only answers a create may get here: 201 running with a container on one of `nodes`,
-/// 202 pending, or 503 `capacity` naming the session it recorded as failed.
-fn classify(status: u16, body: &Value, nodes: &[String]) -> Answer {
-    let string = |value: &Value| value.as_str().map(str::to_owned);
-    match status {
-        201 => {
-            assert_eq!(body["status"], "running", "{body}");
-            let node = string(&body["runtime_node"]).expect("runtime_node");
-            assert!(nodes.contains(&node), "placed on an unknown node: {body}");
-            Answer::Running {
-                id: string(&body["id"]).expect("id"),
-                node,
-                container: string(&body["container_id"]).expect("a 201 has a container id"),
-            }
-        }
-        202 => {
-            assert_eq!(body["status"], "pending", "{body}");
-            Answer::Accepted {
-                id: string(&body["id"]).expect("id"),
-            }
-        }
-        503 if body["error"]["code"] == "capacity" => {
-            let message = body["error"]["message"].as_str().unwrap_or_default();
-            assert!(
-                message.contains("max_containers") || message.contains("all full"),
-                "a capacity error says why: {body}"
-            );
-            Answer::Full {
-                id: string(&body["error"]["session_id"]).expect("the failed session's id"),
-            }
-        }
-        _ => panic!("a create got neither 201, 202 nor 503 capacity: {status} {body}"),
-    }
-}
-
-/// A container of ours, as Docker lists it.
-#[derive(Debug, Clone)]
-struct Container {
-    id: String,
-    node: String,
-    running: bool,
-}
-
-/// Every container labelled with one of `nodes`, by session id (warm-pool ones under their
-/// pool id).
-async fn containers_by_session(nodes: &[String]) -> BTreeMap<String, Vec<Container>> {
-    let mut by_session: BTreeMap<String, Vec<Container>> = BTreeMap::new();
-    for node in nodes {
-        for summary in testkit::containers_labelled(labels::NODE_ID, node)
-            .await
-            .expect("containers listed")
-        {
-            let container_labels = summary.labels.clone().unwrap_or_default();
-            let session = container_labels
-                .get(labels::SESSION_ID)
-                .cloned()
-                .unwrap_or_else(|| format!("unlabelled:{:?}", summary.id));
-            by_session.entry(session).or_default().push(Container {
-                id: summary.id.clone().unwrap_or_default(),
-                node: node.clone(),
-                running: summary
-                    .state
-                    .as_ref()
-                    .is_some_and(|state| format!("{state:?}").to_lowercase().contains("running")),
-            });
-        }
-    }
-    by_session
-}
-
-fn per_node(containers: &BTreeMap<String, Vec<Container>>) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for container in containers.values().flatten() {
-        *counts.entry(container.node.clone()).or_default() += 1;
-    }
-    counts
-}
-
-/// Docker holds exactly one running container for each session in `running` (the one the
-/// session records, on its node), and none for any other session. Waits (bounded) for
-/// containers still being removed.
-async fn assert_containers_match(
-    nodes: &[String],
-    running: &BTreeMap<String, (String, String)>,
-    capacity: usize,
-) {
-    let started = Instant::now();
-    loop {
-        let containers = containers_by_session(nodes).await;
-        // Over-commit is never allowed, not even for a moment.
-        for (node, count) in per_node(&containers) {
-            assert!(
-                count <= capacity,
-                "node {node} holds {count} containers, above its {capacity}"
-            );
-        }
-        for (session, held) in &containers {
-            assert_eq!(
-                held.len(),
-                1,
-                "session {session} has several containers: {held:?}"
-            );
-        }
-        let mut problems = Vec::new();
-        for (session, (node, container)) in running {
-            match containers.get(session).map(Vec::as_slice) {
-                Some([held]) if held.id == *container && held.node == *node && held.running => {}
-                other => problems.push(format!(
-                    "running session {session} (container {container} on {node}) has {other:?}"
-                )),
-            }
-        }
-        for (session, held) in &containers {
-            if !running.contains_key(session) {
-                problems.push(format!("session {session} is not running but has {held:?}"));
-            }
-        }
-        if problems.is_empty() {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "Docker disagrees with the sessions after 15 s:\n{}",
-            problems.join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Every node's own figures, as the API shows them, are within its capacity.
-async fn assert_nodes_within_capacity(system: &System, nodes: &[String], capacity: u64) {
-    let (status, listed) = system.get("/api/v1/nodes").await;
-    assert_eq!(status, 200, "{listed}");
-    for node in nodes {
-        let shown = listed["nodes"]
-            .as_array()
-            .and_then(|all| all.iter().find(|shown| shown["node_id"] == node.as_str()))
-            .unwrap_or_else(|| panic!("node {node} is not listed: {listed}"));
-        assert_eq!(shown["max_containers"], capacity, "{shown}");
-        let running = shown["running_containers"].as_u64().expect("a count");
-        assert!(
-            running <= capacity,
-            "node {node} shows {running} containers: {shown}"
-        );
-        let cpu = shown["allocated_cpu_cores"].as_f64().expect("cpu");
-        let total_cpu = shown["total_cpu_cores"].as_f64().expect("cpu");
-        assert!(cpu <= total_cpu + 1e-9, "{shown}");
-        let memory = shown["allocated_memory_mb"].as_u64().expect("memory");
-        let total_memory = shown["total_memory_mb"].as_u64().expect("memory");
-        assert!(memory <= total_memory, "{shown}");
-    }
-}
-
-/// Polls every session until none is pending or creating; returns each one's last state.
-async fn wait_until_all_settled(
-    system: &System,
-    ids: &[String],
-    limit: Duration,
-) -> BTreeMap<String, Value> {
-    let started = Instant::now();
-    let mut settled: BTreeMap<String, Value> = BTreeMap::new();
-    loop {
-        let unsettled: Vec<&String> = ids.iter().filter(|id| !settled.contains_key(*id)).collect();
-        if unsettled.is_empty() {
-            return settled;
-        }
-        let reads = futures::future::join_all(
-            unsettled
-                .iter()
-                .map(|id| async move { system.get(&format!("/api/v1/sessions/{id}")).await }),
-        )
-        .await;
-        let mut still = Vec::new();
-        for (id, (status, session)) in unsettled.into_iter().zip(reads) {
-            assert_eq!(status, 200, "session {id} cannot be read: {session}");
-            if ["pending", "creating"].contains(&session["status"].as_str().unwrap_or("")) {
-                still.push(session);
-            } else {
-                settled.insert(id.clone(), session);
-            }
-        }
-        if still.is_empty() {
-            continue;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{} sessions not settled within {limit:?}, e.g. {}",
-            still.len(),
-            still[0]
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    answer(http.delete(format!("{base}{path}")), "DELETE").await
 }
 
 /// Three scheduler replicas (one in this process, two real processes) on one database, and 200
@@ -302,13 +80,8 @@ async fn three_replicas_never_over_commit_and_answer_every_create() {
     const CAPACITY: usize = 4;
     const REQUESTS: usize = 200;
     let test_started = Instant::now();
-    let image = sleeper_image();
-    let mut system = System::start(Options::default()).await;
-    add_sleeper_template(&system, image).await;
-    for _ in 0..2 {
-        system.start_scheduler_process(&[], "info").await;
-    }
-    let nodes = start_small_nodes(&mut system, NODES, CAPACITY).await;
+    let (system, _, nodes) =
+        replicas_and_small_nodes(Options::default(), ["info", "info"], NODES, CAPACITY).await;
     let ready = test_started.elapsed();
 
     // 200 creates at once, each waiting for its outcome.
@@ -476,22 +249,18 @@ async fn a_replica_killed_mid_placement_loses_no_request_and_makes_no_duplicate(
     const NODES: usize = 3;
     const CAPACITY: usize = 8;
     const REQUESTS: usize = 100;
-    let test_started = Instant::now();
     // A short ack wait, so JetStream hands the dead replica's requests on within seconds
-    // (the replica that creates the consumer sets it; this one is first).
-    let image = sleeper_image();
-    let mut system = System::start(Options {
+    // (the replica that creates the consumer sets it; this one is first). The victim logs its
+    // queries, which show what it holds.
+    let options = Options {
         scheduler_flags: vec!["--ack-wait".into(), "3s".into()],
         ..Options::default()
-    })
-    .await;
-    add_sleeper_template(&system, image).await;
-    let victim = system
-        .start_scheduler_process(&[], "info,sqlx::query=debug")
-        .await;
-    system.start_scheduler_process(&[], "info").await;
-    let nodes = start_small_nodes(&mut system, NODES, CAPACITY).await;
-    let client = async_nats::connect(system.nats.url())
+    };
+    let replica_logs = ["info,sqlx::query=debug", "info"];
+    let test_started = Instant::now();
+    let (mut system, [victim, _], nodes) =
+        replicas_and_small_nodes(options, replica_logs, NODES, CAPACITY).await;
+    let client = async_nats::connect(system.nats_url())
         .await
         .expect("connects");
     let jetstream = async_nats::jetstream::new(client);
@@ -527,9 +296,9 @@ async fn a_replica_killed_mid_placement_loses_no_request_and_makes_no_duplicate(
             .state
             .last_sequence
             - stored_before;
-        let held = held_by(&system.service_processes[victim].log());
+        let held = held_by(&system.scheduler_process(victim).log());
         if stored >= REQUESTS as u64 && !held.is_empty() {
-            system.service_processes[victim].kill();
+            system.scheduler_process(victim).kill();
             break;
         }
         assert!(
@@ -540,7 +309,7 @@ async fn a_replica_killed_mid_placement_loses_no_request_and_makes_no_duplicate(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let killed_after = started.elapsed();
-    let held = held_by(&system.service_processes[victim].log());
+    let held = held_by(&system.scheduler_process(victim).log());
     assert!(!held.is_empty());
     eprintln!(
         "killed the replica {killed_after:?} into the burst, holding {} placements",
@@ -647,9 +416,9 @@ async fn a_replica_killed_mid_placement_loses_no_request_and_makes_no_duplicate(
 /// another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_serve_the_same_sessions() {
-    let image = sleeper_image();
+    build_sleeper_image();
     let mut system = System::with_node().await;
-    add_sleeper_template(&system, image).await;
+    system.add_sleeper_template(0.05, 16).await;
     let first = system.gateway.clone();
     let second = system.start_gateway_process().await;
     assert_ne!(first, second);

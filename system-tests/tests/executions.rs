@@ -8,37 +8,65 @@ use std::time::{Duration, Instant};
 use common::{Options, System, require_executor_image};
 use serde_json::{Value, json};
 
-/// A running `python-basic` session: its id and container id.
-async fn session(system: &System) -> (String, String) {
-    let (status, session) = system
-        .post_json("/api/v1/sessions", &json!({"template_id": "python-basic"}))
-        .await;
-    assert_eq!(status, 201, "{session}");
-    (
-        session["id"].as_str().expect("id").to_owned(),
-        session["container_id"]
-            .as_str()
-            .expect("container id")
-            .to_owned(),
-    )
+/// A system with one node, on the executor image.
+async fn executor_system() -> System {
+    require_executor_image();
+    System::with_node().await
 }
 
-/// Runs `body` in the session and waits for the result.
-async fn run(system: &System, session_id: &str, body: Value) -> Value {
-    let (status, execution) = system
-        .post_json(&format!("/api/v1/sessions/{session_id}/executions"), &body)
-        .await;
-    assert_eq!(status, 201, "{execution}");
-    execution
+/// A running `python-basic` session of a system, to run code and move files in.
+struct Session<'a> {
+    system: &'a System,
+    id: String,
+    container: String,
 }
 
-async fn python(system: &System, session_id: &str, code: &str) -> Value {
-    run(
-        system,
-        session_id,
-        json!({"code": code, "language": "python"}),
-    )
-    .await
+impl<'a> Session<'a> {
+    async fn create(system: &'a System) -> Self {
+        let session = system
+            .create_session(json!({"template_id": "python-basic"}))
+            .await;
+        let text = |field: &str| session[field].as_str().expect(field).to_owned();
+        Self {
+            system,
+            id: text("id"),
+            container: text("container_id"),
+        }
+    }
+
+    /// `/api/v1/sessions/<id><rest>`.
+    fn path(&self, rest: &str) -> String {
+        format!("/api/v1/sessions/{}{rest}", self.id)
+    }
+
+    /// Runs `body` in the session and waits for the result.
+    async fn run(&self, body: Value) -> Value {
+        let (status, execution) = self
+            .system
+            .post_json(&self.path("/executions"), &body)
+            .await;
+        assert_eq!(status, 201, "{execution}");
+        execution
+    }
+
+    async fn python(&self, code: &str) -> Value {
+        self.run(json!({"code": code, "language": "python"})).await
+    }
+}
+
+/// A run's stderr.
+fn stderr(execution: &Value) -> &str {
+    execution["stderr"].as_str().expect("stderr")
+}
+
+/// An id no session or execution has.
+const UNKNOWN_ID: &str = "0193a1b2-0000-7000-8000-000000000000";
+
+/// A GET that is not answered JSON (an event stream, a download), expected to answer 200.
+async fn get_ok(system: &System, url: String) -> reqwest::Response {
+    let response = system.http.get(&url).send().await.expect("answered");
+    assert_eq!(response.status(), 200, "GET {url}");
+    response
 }
 
 /// The command lines of the processes in a container, as `docker top` shows them.
@@ -53,55 +81,42 @@ fn processes(container_id: &str) -> String {
 
 #[tokio::test]
 async fn each_language_runs_with_its_output_exit_code_and_record() {
-    require_executor_image();
-    let system = System::with_node().await;
-    let (id, _) = session(&system).await;
+    let system = executor_system().await;
+    let session = Session::create(&system).await;
 
-    let execution = python(&system, &id, "print(6*7)").await;
+    let execution = session.python("print(6*7)").await;
     assert_eq!(execution["status"], "completed");
     assert_eq!(execution["exit_code"], 0);
     assert_eq!(execution["stdout"], "42\n");
     assert_eq!(execution["stderr"], "");
     assert_eq!(execution["language"], "python");
-    assert_eq!(execution["session_id"], id.as_str());
+    assert_eq!(execution["session_id"], session.id.as_str());
     assert_eq!(execution["truncated"], false);
     assert!(execution["duration_ms"].as_u64().is_some());
     assert!(execution["started_at"].is_string() && execution["completed_at"].is_string());
 
-    let shell = run(
-        &system,
-        &id,
-        json!({"code": "echo out; echo err >&2; read line; echo \"got $line $GREETING\"; exit 3",
-               "language": "shell", "stdin": "input\n", "env": {"GREETING": "hi"}}),
-    )
-    .await;
+    let shell = session
+        .run(json!({"code": "echo out; echo err >&2; read line; echo \"got $line $GREETING\"; exit 3",
+               "language": "shell", "stdin": "input\n", "env": {"GREETING": "hi"}}))
+        .await;
     assert_eq!(shell["status"], "failed");
     assert_eq!(shell["exit_code"], 3);
     assert_eq!(shell["stdout"], "out\ngot input hi\n");
     assert_eq!(shell["stderr"], "err\n");
 
-    let javascript = run(
-        &system,
-        &id,
-        json!({"code": "console.log([1, 2, 3].map(x => x * 2).join(',')); console.error('warn'); process.exit(2)",
-               "language": "javascript"}),
-    )
-    .await;
+    let javascript = session
+        .run(json!({"code": "console.log([1, 2, 3].map(x => x * 2).join(',')); console.error('warn'); process.exit(2)",
+               "language": "javascript"}))
+        .await;
     assert_eq!(javascript["status"], "failed");
     assert_eq!(javascript["exit_code"], 2);
     assert_eq!(javascript["stdout"], "2,4,6\n");
     assert_eq!(javascript["stderr"], "warn\n");
 
-    let raised = python(&system, &id, "raise ValueError('boom')").await;
+    let raised = session.python("raise ValueError('boom')").await;
     assert_eq!(raised["status"], "failed");
     assert_eq!(raised["exit_code"], 1);
-    assert!(
-        raised["stderr"]
-            .as_str()
-            .expect("stderr")
-            .contains("ValueError: boom"),
-        "{raised}"
-    );
+    assert!(stderr(&raised).contains("ValueError: boom"), "{raised}");
 
     // Each run is stored and readable, and the session lists them newest first.
     let (status, read_back) = system
@@ -112,17 +127,13 @@ async fn each_language_runs_with_its_output_exit_code_and_record() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(read_back, execution);
-    let (status, page) = system
-        .get(&format!("/api/v1/sessions/{id}/executions?limit=2"))
-        .await;
+    let (status, page) = system.get(&session.path("/executions?limit=2")).await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["total"], 4);
     assert_eq!(page["executions"][0]["id"], raised["id"]);
     assert_eq!(page["executions"][1]["id"], javascript["id"]);
     let (_, rest) = system
-        .get(&format!(
-            "/api/v1/sessions/{id}/executions?limit=2&offset=2"
-        ))
+        .get(&session.path("/executions?limit=2&offset=2"))
         .await;
     assert_eq!(rest["executions"][1]["id"], execution["id"]);
 
@@ -142,7 +153,7 @@ async fn each_language_runs_with_its_output_exit_code_and_record() {
     // Without waiting: 202 at once, the result later at the execution's URL.
     let (status, started) = system
         .post_json(
-            &format!("/api/v1/sessions/{id}/executions?wait=false"),
+            &session.path("/executions?wait=false"),
             &json!({"code": "import time; time.sleep(0.5); print('late')"}),
         )
         .await;
@@ -164,115 +175,86 @@ async fn each_language_runs_with_its_output_exit_code_and_record() {
 
 #[tokio::test]
 async fn python_state_persists_until_the_interpreter_is_killed() {
-    require_executor_image();
-    let system = System::with_node().await;
-    let (id, _) = session(&system).await;
+    let system = executor_system().await;
+    let session = Session::create(&system).await;
 
-    python(
-        &system,
-        &id,
-        "x = 41\nimport json\nlog = open('log.txt', 'w')",
-    )
-    .await;
-    let next = python(
-        &system,
-        &id,
-        "print(x + 1)\nlog.write('kept')\nprint(json.dumps([x]))",
-    )
-    .await;
+    session
+        .python("x = 41\nimport json\nlog = open('log.txt', 'w')")
+        .await;
+    let next = session
+        .python("print(x + 1)\nlog.write('kept')\nprint(json.dumps([x]))")
+        .await;
     assert_eq!(next["stdout"], "42\n[41]\n", "{next}");
-    let value = python(&system, &id, "x * 2").await;
+    let value = session.python("x * 2").await;
     assert_eq!(value["return_value"], "82");
 
     // A fresh process shares nothing with the session's interpreter.
-    let fresh = run(&system, &id, json!({"code": "print(x)", "fresh": true})).await;
+    let fresh = session
+        .run(json!({"code": "print(x)", "fresh": true}))
+        .await;
     assert_eq!(fresh["status"], "failed");
-    assert!(
-        fresh["stderr"]
-            .as_str()
-            .expect("stderr")
-            .contains("NameError")
-    );
+    assert!(stderr(&fresh).contains("NameError"), "{fresh}");
 
     // A timeout interrupts the running code and keeps the state.
-    let interrupted = run(
-        &system,
-        &id,
-        json!({"code": "while True: pass", "timeout": 2}),
-    )
-    .await;
+    let interrupted = session
+        .run(json!({"code": "while True: pass", "timeout": 2}))
+        .await;
     assert_eq!(interrupted["status"], "timeout", "{interrupted}");
     assert_eq!(interrupted["state_lost"], false);
-    assert_eq!(python(&system, &id, "print(x)").await["stdout"], "41\n");
+    assert_eq!(session.python("print(x)").await["stdout"], "41\n");
 
     // Code that ignores the interrupt gets its interpreter killed: the state is gone, said so,
     // and the next run starts clean.
-    let stubborn = run(
-        &system,
-        &id,
-        json!({"code": "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass",
-               "timeout": 2}),
-    )
-    .await;
+    let stubborn = session
+        .run(json!({"code": "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass",
+               "timeout": 2}))
+        .await;
     assert_eq!(stubborn["status"], "timeout");
     assert_eq!(stubborn["state_lost"], true, "{stubborn}");
-    let after = python(&system, &id, "print(x)").await;
+    let after = session.python("print(x)").await;
     assert_eq!(after["status"], "failed");
-    assert!(
-        after["stderr"]
-            .as_str()
-            .expect("stderr")
-            .contains("NameError")
-    );
+    assert!(stderr(&after).contains("NameError"), "{after}");
     assert_eq!(
-        python(&system, &id, "print('fresh start')").await["stdout"],
+        session.python("print('fresh start')").await["stdout"],
         "fresh start\n"
     );
 }
 
 #[tokio::test]
 async fn limits_hold_and_the_node_and_other_sessions_carry_on() {
-    require_executor_image();
-    let system = System::with_node().await;
-    let (id, container) = session(&system).await;
-    let (bystander, _) = session(&system).await;
+    let system = executor_system().await;
+    let session = Session::create(&system).await;
+    let bystander = Session::create(&system).await;
 
     // A timeout kills the whole tree, children included.
-    let looping = run(
-        &system,
-        &id,
-        json!({"code": "sleep 1001 & sleep 1002 & while true; do :; done",
+    let looping = session
+        .run(
+            json!({"code": "sleep 1001 & sleep 1002 & while true; do :; done",
                "language": "shell", "timeout": 2}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(looping["status"], "timeout", "{looping}");
-    let left = processes(&container);
+    let left = processes(&session.container);
     assert!(
         !left.contains("sleep 100"),
         "children survived the timeout:\n{left}"
     );
 
     // Output is capped per stream (1 MiB by default) and says so.
-    let loud = run(
-        &system,
-        &id,
-        json!({"code": "import sys\nsys.stdout.write('x' * (3 << 20))\nsys.stderr.write('e' * 10)",
-               "fresh": true}),
-    )
-    .await;
+    let loud = session
+        .run(json!({"code": "import sys\nsys.stdout.write('x' * (3 << 20))\nsys.stderr.write('e' * 10)",
+               "fresh": true}))
+        .await;
     assert_eq!(loud["status"], "completed", "{}", loud["error"]);
     assert_eq!(loud["stdout"].as_str().expect("stdout").len(), 1 << 20);
     assert_eq!(loud["stderr"], "eeeeeeeeee");
     assert_eq!(loud["truncated"], true);
 
     // Past the session's memory limit (512 MiB): out of memory, reported as such.
-    let hungry = run(
-        &system,
-        &id,
-        json!({"code": "chunks = []\nwhile True: chunks.append(b'x' * (16 << 20))", "fresh": true,
-               "timeout": 60}),
-    )
-    .await;
+    let hungry = session
+        .run(json!({"code": "chunks = []\nwhile True: chunks.append(b'x' * (16 << 20))", "fresh": true,
+               "timeout": 60}))
+        .await;
     assert_eq!(hungry["status"], "failed", "{hungry}");
     assert!(
         hungry["error"]
@@ -284,19 +266,18 @@ async fn limits_hold_and_the_node_and_other_sessions_carry_on() {
 
     // A fork bomb meets the pids limit: it fails to fork or runs into its timeout, and either
     // way none of its processes outlive the run.
-    let bomb = run(
-        &system,
-        &id,
-        json!({"code": "bomb() { bomb | bomb & }; bomb; sleep 1000", "language": "shell",
+    let bomb = session
+        .run(
+            json!({"code": "bomb() { bomb | bomb & }; bomb; sleep 1000", "language": "shell",
                "timeout": 5}),
-    )
-    .await;
+        )
+        .await;
     assert!(
         bomb["status"] == "failed" || bomb["status"] == "timeout",
         "{}",
         bomb["status"]
     );
-    let left = processes(&container);
+    let left = processes(&session.container);
     assert!(
         !left.contains("sh -c"),
         "the fork bomb outlived its run:\n{left}"
@@ -304,15 +285,12 @@ async fn limits_hold_and_the_node_and_other_sessions_carry_on() {
 
     // The session, its neighbour and the node all still work.
     assert_eq!(
-        python(&system, &id, "print('still here')").await["stdout"],
+        session.python("print('still here')").await["stdout"],
         "still here\n"
     );
-    assert_eq!(
-        python(&system, &bystander, "print(1)").await["stdout"],
-        "1\n"
-    );
+    assert_eq!(bystander.python("print(1)").await["stdout"], "1\n");
     let (status, node) = system
-        .get(&format!("/api/v1/nodes/{}", system.node_ids[0]))
+        .get(&format!("/api/v1/nodes/{}", system.node_ids()[0]))
         .await;
     assert_eq!((status, node["status"].as_str()), (200, Some("online")));
 }
@@ -355,27 +333,21 @@ async fn read_events(mut response: reqwest::Response) -> Vec<(String, Value, Ins
 
 #[tokio::test]
 async fn output_streams_while_the_program_runs_and_replays_after() {
-    require_executor_image();
-    let system = System::with_node().await;
-    let (id, _) = session(&system).await;
+    let system = executor_system().await;
+    let session = Session::create(&system).await;
 
     // Six lines, half a second apart: the run lasts three seconds.
     let code = "import sys, time\nfor i in range(6):\n    print(i)\n    print('e', i, file=sys.stderr)\n    time.sleep(0.5)";
     let (status, started) = system
         .post_json(
-            &format!("/api/v1/sessions/{id}/executions?wait=false"),
+            &session.path("/executions?wait=false"),
             &json!({"code": code}),
         )
         .await;
     assert_eq!(status, 202);
     let execution_id = started["id"].as_str().expect("id").to_owned();
-    let response = system
-        .http
-        .get(system.url(&format!("/api/v1/executions/{execution_id}/stream")))
-        .send()
-        .await
-        .expect("stream opens");
-    assert_eq!(response.status(), 200);
+    let stream = system.url(&format!("/api/v1/executions/{execution_id}/stream"));
+    let response = get_ok(&system, stream.clone()).await;
     assert!(
         response.headers()["content-type"]
             .to_str()
@@ -411,12 +383,7 @@ async fn output_streams_while_the_program_runs_and_replays_after() {
     assert_eq!(result["stdout"], stdout.as_str());
 
     // After the end, the stream replays the record.
-    let response = system
-        .http
-        .get(system.url(&format!("/api/v1/executions/{execution_id}/stream")))
-        .send()
-        .await
-        .expect("stream opens");
+    let response = get_ok(&system, stream).await;
     let replay: Vec<String> = read_events(response)
         .await
         .into_iter()
@@ -425,17 +392,16 @@ async fn output_streams_while_the_program_runs_and_replays_after() {
     assert_eq!(replay, ["stdout", "stderr", "result"]);
 
     let (status, missing) = system
-        .get("/api/v1/executions/0193a1b2-0000-7000-8000-000000000000/stream")
+        .get(&format!("/api/v1/executions/{UNKNOWN_ID}/stream"))
         .await;
     assert_eq!(status, 404, "{missing}");
 }
 
 #[tokio::test]
 async fn files_move_whole_and_paths_stay_inside_the_workspace() {
-    require_executor_image();
-    let system = System::with_node().await;
-    let (id, _) = session(&system).await;
-    let files = |path: &str| system.url(&format!("/api/v1/sessions/{id}/files/{path}"));
+    let system = executor_system().await;
+    let session = Session::create(&system).await;
+    let files = |path: &str| system.url(&session.path(&format!("/files/{path}")));
 
     // 50 MiB of bytes that are not text, up and down, compared byte for byte.
     let big: Vec<u8> = (0..50u32 << 20)
@@ -453,13 +419,7 @@ async fn files_move_whole_and_paths_stay_inside_the_workspace() {
     assert_eq!(entry["size"], 50u64 << 20);
     assert_eq!(entry["kind"], "file");
     assert_eq!(entry["path"], "data/big.bin");
-    let response = system
-        .http
-        .get(files("data/big.bin"))
-        .send()
-        .await
-        .expect("download answered");
-    assert_eq!(response.status(), 200);
+    let response = get_ok(&system, files("data/big.bin")).await;
     assert_eq!(
         response.headers()["content-length"]
             .to_str()
@@ -483,36 +443,29 @@ async fn files_move_whole_and_paths_stay_inside_the_workspace() {
         .await
         .expect("upload answered");
     assert_eq!(response.status(), 201);
-    let summed = python(
-        &system,
-        &id,
-        "import csv, os\n\
+    let summed = session
+        .python(
+            "import csv, os\n\
          rows = list(csv.DictReader(open('in/sales.csv')))\n\
          total = sum(int(row['amount']) for row in rows)\n\
          os.makedirs('out', exist_ok=True)\n\
          with open('out/total.txt', 'w') as out:\n    out.write(str(total))\n\
          print(total)",
-    )
-    .await;
+        )
+        .await;
     assert_eq!(summed["stdout"], "42\n", "{summed}");
-    let total = system
-        .http
-        .get(files("out/total.txt"))
-        .send()
+    let total = get_ok(&system, files("out/total.txt"))
         .await
-        .expect("download answered")
         .text()
         .await
         .expect("body");
     assert_eq!(total, "42");
 
-    let (status, listing) = system
-        .get(&format!("/api/v1/sessions/{id}/files?path=in"))
-        .await;
+    let (status, listing) = system.get(&session.path("/files?path=in")).await;
     assert_eq!(status, 200, "{listing}");
     assert_eq!(listing["entries"][0]["name"], "sales.csv");
     assert_eq!(listing["entries"][0]["size"], csv.len());
-    let (_, root) = system.get(&format!("/api/v1/sessions/{id}/files")).await;
+    let (_, root) = system.get(&session.path("/files")).await;
     let names: Vec<&str> = root["entries"]
         .as_array()
         .expect("entries")
@@ -521,17 +474,15 @@ async fn files_move_whole_and_paths_stay_inside_the_workspace() {
         .collect();
     assert_eq!(names, ["data", "in", "out"]);
 
-    let (status, _) = system
-        .delete(&format!("/api/v1/sessions/{id}/files/data"))
-        .await;
+    let (status, _) = system.delete(&session.path("/files/data")).await;
     assert_eq!(status, 200);
-    let (status, gone) = system
-        .get(&format!("/api/v1/sessions/{id}/files/data/big.bin"))
-        .await;
+    let (status, gone) = system.get(&session.path("/files/data/big.bin")).await;
     assert_eq!(status, 404, "{gone}");
 
     // Escapes are refused with 400 and change nothing.
-    python(&system, &id, "import os\nos.symlink('/etc', 'etc-link')").await;
+    session
+        .python("import os\nos.symlink('/etc', 'etc-link')")
+        .await;
     // Slashes inside a segment are encoded, so the client does not resolve the dots itself.
     for path in [
         "..%2Fescape.txt",
@@ -539,9 +490,7 @@ async fn files_move_whole_and_paths_stay_inside_the_workspace() {
         "%2Fetc%2Fpasswd",
         "etc-link/passwd",
     ] {
-        let (status, body) = system
-            .get(&format!("/api/v1/sessions/{id}/files/{path}"))
-            .await;
+        let (status, body) = system.get(&session.path(&format!("/files/{path}"))).await;
         assert_eq!(status, 400, "GET {path}: {body}");
         assert_eq!(body["error"]["code"], "invalid_request");
         let response = system
@@ -553,25 +502,19 @@ async fn files_move_whole_and_paths_stay_inside_the_workspace() {
             .expect("answered");
         assert_eq!(response.status(), 400, "PUT {path}");
     }
-    let (status, _) = system
-        .get(&format!("/api/v1/sessions/{id}/files?path=etc-link"))
-        .await;
+    let (status, _) = system.get(&session.path("/files?path=etc-link")).await;
     assert_eq!(status, 400);
-    let check = python(
-        &system,
-        &id,
-        "import os\nprint(os.path.exists('/escape.txt'), os.path.exists('/etc/x'))",
-    )
-    .await;
+    let check = session
+        .python("import os\nprint(os.path.exists('/escape.txt'), os.path.exists('/etc/x'))")
+        .await;
     assert_eq!(check["stdout"], "False False\n");
 }
 
 #[tokio::test]
 async fn bad_execution_requests_get_clear_errors_and_change_nothing() {
-    require_executor_image();
-    let system = System::with_node().await;
-    let (id, _) = session(&system).await;
-    let path = format!("/api/v1/sessions/{id}/executions");
+    let system = executor_system().await;
+    let session = Session::create(&system).await;
+    let path = session.path("/executions");
 
     for (body, expected) in [
         (json!({"code": "print(1)", "timeout": 0}), 422),
@@ -590,29 +533,25 @@ async fn bad_execution_requests_get_clear_errors_and_change_nothing() {
     let (_, page) = system.get(&path).await;
     assert_eq!(page["total"], 0, "a refused request was recorded");
 
+    let unknown_session = format!("/api/v1/sessions/{UNKNOWN_ID}/executions");
     let (status, error) = system
-        .post_json(
-            "/api/v1/sessions/0193a1b2-0000-7000-8000-000000000000/executions",
-            &json!({"code": "print(1)"}),
-        )
+        .post_json(&unknown_session, &json!({"code": "print(1)"}))
         .await;
     assert_eq!(status, 404, "{error}");
     let (status, _) = system.get("/api/v1/executions/no-such-run").await;
     assert_eq!(status, 404);
     let (status, _) = system
-        .get("/api/v1/sessions/0193a1b2-0000-7000-8000-000000000000/files?path=")
+        .get(&format!("/api/v1/sessions/{UNKNOWN_ID}/files?path="))
         .await;
     assert_eq!(status, 404);
 
     // A session that is no longer running takes no code and serves no files.
-    let (status, _) = system.delete(&format!("/api/v1/sessions/{id}")).await;
+    let (status, _) = system.delete(&session.path("")).await;
     assert_eq!(status, 200);
     let (status, error) = system.post_json(&path, &json!({"code": "print(1)"})).await;
     assert_eq!(status, 409, "{error}");
     assert_eq!(error["error"]["code"], "conflict");
-    let (status, _) = system
-        .get(&format!("/api/v1/sessions/{id}/files?path="))
-        .await;
+    let (status, _) = system.get(&session.path("/files?path=")).await;
     assert_eq!(status, 409);
 }
 
@@ -626,10 +565,10 @@ async fn the_seeds_result_callback_records_one_result_and_needs_the_token() {
     })
     .await;
     system.start_node().await;
-    let (id, _) = session(&system).await;
+    let session = Session::create(&system).await;
     let (status, started) = system
         .post_json(
-            &format!("/api/v1/sessions/{id}/executions?wait=false"),
+            &session.path("/executions?wait=false"),
             &json!({"code": "import time\ntime.sleep(20)", "timeout": 60}),
         )
         .await;
@@ -663,9 +602,7 @@ async fn the_seeds_result_callback_records_one_result_and_needs_the_token() {
     let (status, again) = system.post_internal(&path, Some(TOKEN), &result).await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again, recorded);
-    let (_, page) = system
-        .get(&format!("/api/v1/sessions/{id}/executions"))
-        .await;
+    let (_, page) = system.get(&session.path("/executions")).await;
     assert_eq!(page["total"], 1);
 
     // A different result for a run that has one is a conflict and changes nothing.
@@ -679,7 +616,7 @@ async fn the_seeds_result_callback_records_one_result_and_needs_the_token() {
 
     let (status, _) = system
         .post_internal(
-            "/internal/executions/0193a1b2-0000-7000-8000-000000000000/result",
+            &format!("/internal/executions/{UNKNOWN_ID}/result"),
             Some(TOKEN),
             &result,
         )

@@ -5,9 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{System, docker, require_executor_image};
-use messages::session::{CreateSession, NO_HEALTHY_NODES};
-use messages::{SessionId, labels, subjects};
+use common::{System, create_request, docker, require_executor_image};
+use messages::session::NO_HEALTHY_NODES;
+use messages::{labels, subjects};
 use sandbox_ops::testkit;
 use serde_json::json;
 
@@ -21,7 +21,7 @@ async fn containers_of_session(session_id: &str) -> Vec<bollard::models::Contain
 async fn a_session_request_becomes_a_running_container_and_delete_removes_it() {
     require_executor_image();
     let system = System::with_node().await;
-    let node_id = system.node_ids[0].clone();
+    let node_id = system.node_ids()[0].clone();
 
     let (status, session) = system
         .post_json("/api/v1/sessions", &json!({"template_id": "python-basic"}))
@@ -56,16 +56,7 @@ async fn a_session_request_becomes_a_running_container_and_delete_removes_it() {
     assert_eq!(container_labels[labels::NODE_ID], node_id);
     assert_eq!(container_labels[labels::MANAGED_BY], labels::MANAGER);
     let host = container.host_config.expect("host config");
-    assert_eq!(host.nano_cpus, Some(1_000_000_000));
-    assert_eq!(host.memory, Some(512 * 1024 * 1024));
-    assert_eq!(host.pids_limit, Some(256));
-    assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
-    assert_eq!(
-        host.security_opt,
-        Some(vec!["no-new-privileges".to_owned()])
-    );
-    assert_eq!(host.network_mode.as_deref(), Some("none"));
-    assert_ne!(host.privileged, Some(true));
+    testkit::assert_locked_down(&host, 1.0, 512, 256);
 
     // The seed's own check against the database: the container id is recorded.
     let pool = system.sql_pool().await;
@@ -131,10 +122,9 @@ async fn room_freed_by_a_delete_can_be_used_at_once() {
         assert_eq!(status, 200);
     }
     // And the node's word still holds when it is full.
-    let (status, _) = system
-        .post_json("/api/v1/sessions", &json!({"template_id": "python-basic"}))
+    system
+        .create_session(json!({"template_id": "python-basic"}))
         .await;
-    assert_eq!(status, 201);
     let (status, body) = system
         .post_json("/api/v1/sessions", &json!({"template_id": "python-basic"}))
         .await;
@@ -159,12 +149,12 @@ async fn a_template_on_sandbox_network_joins_the_nodes_bridge() {
         .await
         .expect("container exists");
     let host = container.host_config.expect("host config");
-    assert_eq!(host.network_mode.as_deref(), Some(system.network.as_str()));
+    assert_eq!(host.network_mode.as_deref(), Some(system.network()));
     let networks = container
         .network_settings
         .and_then(|settings| settings.networks)
         .expect("networks");
-    assert!(networks.contains_key(&system.network));
+    assert!(networks.contains_key(system.network()));
     let env = container.config.and_then(|config| config.env).expect("env");
     assert!(env.contains(&"GREETING=hi".to_owned()));
     assert!(
@@ -223,35 +213,15 @@ async fn bad_requests_change_nothing() {
     let (status, page) = system.get("/api/v1/sessions").await;
     assert_eq!(status, 200);
     assert_eq!(page["total"], 0, "a bad request recorded a session: {page}");
-    let managed = testkit::containers_labelled(labels::NODE_ID, &system.node_ids[0])
+    let managed = testkit::containers_labelled(labels::NODE_ID, &system.node_ids()[0])
         .await
         .expect("containers listed");
     assert!(managed.is_empty(), "a bad request made a container");
 }
 
-/// Publishes a create request straight to the stream, as a redelivery would bring it again.
-async fn publish_create(system: &System, request: &CreateSession, msg_id: &str) {
-    let client = async_nats::connect(system.nats.url())
-        .await
-        .expect("connects");
-    let jetstream = async_nats::jetstream::new(client);
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(messages::headers::MSG_ID, msg_id);
-    jetstream
-        .publish_with_headers(
-            subjects::sessions_create(),
-            headers,
-            messages::encode(request).expect("encodes").into(),
-        )
-        .await
-        .expect("published")
-        .await
-        .expect("stored");
-}
-
 /// Waits until the schedulers have taken and acknowledged every request in the stream.
 async fn wait_until_all_requests_handled(system: &System) {
-    let client = async_nats::connect(system.nats.url())
+    let client = async_nats::connect(system.nats_url())
         .await
         .expect("connects");
     let stream = async_nats::jetstream::new(client)
@@ -286,38 +256,32 @@ async fn wait_for_status(system: &System, id: &str, wanted: &str) -> serde_json:
 async fn a_redelivered_request_makes_no_second_container() {
     require_executor_image();
     let system = System::with_node().await;
-    let session_id = SessionId::parse(uuid::Uuid::now_v7().to_string()).expect("valid");
-    let request = CreateSession {
-        session_id: session_id.clone(),
-        template_id: "python-basic".into(),
-        env: Default::default(),
-        requested_at: chrono::Utc::now(),
-        timeout_seconds: None,
-    };
-    publish_create(&system, &request, session_id.as_str()).await;
-    let first = wait_for_status(&system, session_id.as_str(), "running").await;
+    let session_id = uuid::Uuid::now_v7().to_string();
+    let request = create_request(&session_id, "python-basic", chrono::Utc::now());
+    system.publish_create(&request, &session_id).await;
+    let first = wait_for_status(&system, &session_id, "running").await;
 
     // The same request again past JetStream's de-duplication (another message id), twice.
-    publish_create(&system, &request, "redelivery-1").await;
-    publish_create(&system, &request, "redelivery-2").await;
+    system.publish_create(&request, "redelivery-1").await;
+    system.publish_create(&request, "redelivery-2").await;
     wait_until_all_requests_handled(&system).await;
-    let again = wait_for_status(&system, session_id.as_str(), "running").await;
+    let again = wait_for_status(&system, &session_id, "running").await;
     assert_eq!(again["container_id"], first["container_id"]);
-    assert_eq!(containers_of_session(session_id.as_str()).await.len(), 1);
+    assert_eq!(containers_of_session(&session_id).await.len(), 1);
 
     // A replica that died after asking the node leaves the session "creating": the redelivery
     // asks the node again and adopts the container it already made.
     let pool = system.sql_pool().await;
     sqlx::query("UPDATE sessions SET status = 'creating', container_id = NULL WHERE id = $1")
-        .bind(session_id.as_str())
+        .bind(&session_id)
         .execute(&pool)
         .await
         .expect("updated");
-    publish_create(&system, &request, "redelivery-3").await;
+    system.publish_create(&request, "redelivery-3").await;
     wait_until_all_requests_handled(&system).await;
-    let adopted = wait_for_status(&system, session_id.as_str(), "running").await;
+    let adopted = wait_for_status(&system, &session_id, "running").await;
     assert_eq!(adopted["container_id"], first["container_id"]);
-    assert_eq!(containers_of_session(session_id.as_str()).await.len(), 1);
+    assert_eq!(containers_of_session(&session_id).await.len(), 1);
 }
 
 #[tokio::test]
