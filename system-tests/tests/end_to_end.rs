@@ -318,3 +318,140 @@ async fn a_container_killed_from_outside_fails_its_session() {
     }
     panic!("the killed session's container was not removed");
 }
+
+/// "running" has one writer: whichever of the node's reply and its `runtime.containers.ready`
+/// signal arrives first, a client hears the session announced running once. And the early
+/// answer of `?wait=false` is the session as recorded: the same `created_at` and `expires_at`
+/// as every later read.
+#[tokio::test]
+async fn running_is_announced_once_and_the_early_answer_matches_later_reads() {
+    use futures::StreamExt as _;
+    require_executor_image();
+    let system = System::with_node().await;
+    // Five at once on a small host: a tenth of a core each.
+    system.add_sleeper_template(0.1, 64).await;
+    let nats = async_nats::connect(system.nats_url())
+        .await
+        .expect("connects");
+    let mut announcements = nats
+        .subscribe(subjects::session_status_all())
+        .await
+        .expect("subscribes");
+    nats.flush().await.expect("flushed");
+
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let (status, session) = system
+            .post_json("/api/v1/sessions", &json!({"template_id": common::SLEEPER}))
+            .await;
+        assert_eq!(status, 201, "{session}");
+        ids.push(session["id"].as_str().expect("id").to_owned());
+    }
+    let (status, early) = system
+        .post_json(
+            "/api/v1/sessions?wait=false",
+            &json!({"template_id": common::SLEEPER, "timeout": 900}),
+        )
+        .await;
+    assert_eq!(status, 202, "{early}");
+    let early_id = early["id"].as_str().expect("id").to_owned();
+    let (running, _) = system
+        .wait_for_session(&early_id, "running", Duration::from_secs(30))
+        .await;
+    for field in [
+        "created_at",
+        "expires_at",
+        "timeout_seconds",
+        "template_id",
+        "image",
+    ] {
+        assert_eq!(
+            early[field], running[field],
+            "{field}: {early} vs {running}"
+        );
+    }
+    ids.push(early_id);
+
+    // Every announcement made by now is in: a second more catches any late duplicate.
+    let mut running_announcements = std::collections::HashMap::<String, usize>::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, announcements.next()).await {
+        let session: messages::session::Session =
+            messages::decode(&message.payload).expect("a session");
+        if session.status == messages::session::SessionStatus::Running {
+            *running_announcements
+                .entry(session.id.to_string())
+                .or_default() += 1;
+        }
+    }
+    for id in &ids {
+        assert_eq!(
+            running_announcements.get(id),
+            Some(&1),
+            "session {id} was announced running {:?} times",
+            running_announcements.get(id)
+        );
+    }
+}
+
+/// A NUL in a template's environment would make every session of it fail on the node: the API
+/// refuses it with 422 before anything is stored, and so does the scheduler for a request that
+/// reaches it another way.
+#[tokio::test]
+async fn a_nul_in_a_templates_env_is_refused_and_stores_nothing() {
+    let system = System::without_nodes().await;
+    let template = json!({
+        "id": "nul-env", "image": "sandbox-executor:v1.0", "env": {"GREETING": "a\u{0}b"}
+    });
+    let (status, refusal) = system.post_json("/api/v1/templates", &template).await;
+    assert_eq!(status, 422, "{refusal}");
+    assert_eq!(refusal["error"]["code"], "invalid_request");
+    assert!(
+        refusal["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("NUL")),
+        "{refusal}"
+    );
+    let (status, _) = system
+        .put_json("/api/v1/templates/python-basic", &template)
+        .await;
+    assert_eq!(status, 422);
+    let (status, _) = system.get("/api/v1/templates/nul-env").await;
+    assert_eq!(status, 404, "nothing was stored");
+    let (_, basic) = system.get("/api/v1/templates/python-basic").await;
+    assert_eq!(basic["env"], json!({"LANG": "C.UTF-8"}), "unchanged");
+
+    // The scheduler applies the same rule to a request that did not come through the gateway.
+    let nats = async_nats::connect(system.nats_url())
+        .await
+        .expect("connects");
+    let definition = messages::template::TemplateDefinition {
+        id: "nul-env".into(),
+        name: "nul-env".into(),
+        description: String::new(),
+        image_url: "sandbox-executor:v1.0".into(),
+        resources: messages::template::Resources {
+            cpu_cores: 1.0,
+            memory_mb: 256,
+            pids_limit: 64,
+        },
+        network: messages::template::NetworkMode::None,
+        env: [("GREETING".to_owned(), "a\0b".to_owned())].into(),
+        timeout_seconds: 300,
+        warm_pool_size: 0,
+    };
+    let answer = service_kit::bus::api_request(
+        &nats,
+        &messages::api::templates::CreateTemplate { definition },
+        Duration::from_secs(10),
+    )
+    .await;
+    match answer {
+        Err(service_kit::bus::BusError::Remote(error)) => {
+            assert_eq!(error.code, messages::ErrorCode::InvalidRequest);
+        }
+        other => panic!("the scheduler took a NUL env value: {other:?}"),
+    }
+    let (status, _) = system.get("/api/v1/templates/nul-env").await;
+    assert_eq!(status, 404);
+}

@@ -623,3 +623,93 @@ async fn the_seeds_result_callback_records_one_result_and_needs_the_token() {
         .await;
     assert_eq!(status, 404);
 }
+
+/// `curl -F file=@data.bin`'s body, by hand: a text field first, then the file.
+fn multipart_body(boundary: &str, file: &[u8]) -> Vec<u8> {
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nnot the file\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"data.bin\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body
+}
+
+#[tokio::test]
+async fn a_multipart_upload_stores_the_file_and_a_form_encoded_one_is_refused() {
+    let system = executor_system().await;
+    let session = Session::create(&system).await;
+    let files = |path: &str| system.url(&session.path(&format!("/files/{path}")));
+
+    // More than a chunk, with line breaks and dashes that look like a boundary's start.
+    let file: Vec<u8> = (0..300 * 1024u32)
+        .map(|i| match i % 97 {
+            0 => b'\r',
+            1 => b'\n',
+            2 | 3 => b'-',
+            _ => (i.wrapping_mul(31) >> 3) as u8,
+        })
+        .collect();
+    let boundary = "------------------------d74496d66958873e";
+    let response = system
+        .http
+        .put(files("up/data.bin"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(multipart_body(boundary, &file))
+        .send()
+        .await
+        .expect("upload answered");
+    assert_eq!(response.status(), 201);
+    let entry: Value = response.json().await.expect("JSON");
+    assert_eq!(entry["size"], file.len(), "{entry}");
+    let stored = get_ok(&system, files("up/data.bin"))
+        .await
+        .bytes()
+        .await
+        .expect("body");
+    assert!(
+        stored.as_ref() == file.as_slice(),
+        "the stored file is not the uploaded one ({} bytes stored)",
+        stored.len()
+    );
+
+    // A form without a file field stores nothing.
+    let response = system
+        .http
+        .put(files("up/none.bin"))
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n--{boundary}--\r\n"
+        ))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 422);
+
+    // `curl -d @file` sends a form-encoded body (and strips its newlines): refused, not stored.
+    let response = system
+        .http
+        .put(files("up/form.txt"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("a=1&b=2")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 415);
+    let refusal: Value = response.json().await.expect("JSON");
+    assert!(
+        refusal["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("--data-binary")),
+        "{refusal}"
+    );
+    for path in ["up/none.bin", "up/form.txt"] {
+        let (status, body) = system.get(&session.path(&format!("/files/{path}"))).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+}
