@@ -245,8 +245,7 @@ pub(crate) async fn list(
     let session_id = SessionId::parse(&id).map_err(|_| ApiError::not_found("session", &id))?;
     let request = ListExecutions {
         session_id,
-        limit: input::page_limit(query.limit)?,
-        offset: query.offset.unwrap_or(0),
+        page: input::page(query.limit, query.offset)?,
     };
     Ok(Json(ApiError::found(
         "session",

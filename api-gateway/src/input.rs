@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::http::StatusCode;
+use messages::api::PageRequest;
 
 use crate::error::ApiError;
 
@@ -20,11 +21,15 @@ pub fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
     messages::limits::check_env(env).map_err(unprocessable)
 }
 
-/// The `limit` of a paged list: 50 when absent, 1 to 500 when given.
-pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+/// The page of a list a query asks for: `limit` 50 when absent, 1 to 500 when given; `offset`
+/// 0 when absent.
+pub fn page(limit: Option<u32>, offset: Option<u32>) -> Result<PageRequest, ApiError> {
     let limit = limit.unwrap_or(DEFAULT_PAGE_LIMIT);
     if (1..=MAX_PAGE_LIMIT).contains(&limit) {
-        Ok(limit)
+        Ok(PageRequest {
+            limit,
+            offset: offset.unwrap_or(0),
+        })
     } else {
         Err(ApiError::invalid(
             StatusCode::BAD_REQUEST,

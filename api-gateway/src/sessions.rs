@@ -255,12 +255,10 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<SessionPage>, ApiError> {
-    let limit = input::page_limit(query.limit)?;
     let request = ListSessions {
         status: query.status,
         template_id: query.template_id,
-        limit,
-        offset: query.offset.unwrap_or(0),
+        page: input::page(query.limit, query.offset)?,
     };
     Ok(Json(
         bus::api_request(&state.nats, &request, state.request_timeout).await?,

@@ -14,6 +14,7 @@ use messages::api::sessions::{
 use messages::api::templates::{
     CreateTemplate, DeleteTemplate, GetTemplate, ListTemplates, TemplateUpdated, UpdateTemplate,
 };
+use messages::api::{PageInfo, PageRequest};
 use messages::execution::{
     Execution, ExecutionOutput, ExecutionResult, ExecutionStarted, ExecutionStatus, Language,
     OutputStream, RunExecution,
@@ -187,6 +188,47 @@ fn file_entry() -> FileEntry {
     }
 }
 
+fn registration() -> NodeRegistration {
+    NodeRegistration {
+        node_id: node(),
+        hostname: "localhost".into(),
+        runtime_type: "docker".into(),
+        ip_address: "127.0.0.1".into(),
+        api_endpoint: "unix:///var/run/docker.sock".into(),
+        total_cpu_cores: 8.0,
+        total_memory_mb: 16384,
+        max_containers: 100,
+        cached_images: vec!["sandbox-executor:v1.0".into()],
+        labels: BTreeMap::from([("zone".into(), "a".into())]),
+        daemon_version: "0.1.0".into(),
+        heartbeat_interval_ms: 5000,
+        started_at: at(),
+        inventory: Some(ContainerInventory {
+            listed_at: at(),
+            containers: vec![ReportedContainer {
+                container_id: "abc123".into(),
+                session_id: Some(session_id()),
+                running: false,
+                exit_code: Some(137),
+                oom_killed: true,
+            }],
+        }),
+    }
+}
+
+/// Ten items from `offset`.
+fn page(offset: u32) -> PageRequest {
+    PageRequest { limit: 10, offset }
+}
+
+/// The first page of ten, of a list of one.
+fn first_page_of_one() -> PageInfo {
+    PageInfo {
+        total: 1,
+        page: page(0),
+    }
+}
+
 /// Encodes and decodes `value`, then again as a newer writer would send it: with a field this
 /// build does not know in the struct it carries.
 fn round_trips<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: T) {
@@ -226,31 +268,7 @@ fn carried_struct(json: &mut Value) -> Option<&mut Map<String, Value>> {
 
 #[test]
 fn every_payload_round_trips() {
-    round_trips(NodeRegistration {
-        node_id: node(),
-        hostname: "localhost".into(),
-        runtime_type: "docker".into(),
-        ip_address: "127.0.0.1".into(),
-        api_endpoint: "unix:///var/run/docker.sock".into(),
-        total_cpu_cores: 8.0,
-        total_memory_mb: 16384,
-        max_containers: 100,
-        cached_images: vec!["sandbox-executor:v1.0".into()],
-        labels: BTreeMap::from([("zone".into(), "a".into())]),
-        daemon_version: "0.1.0".into(),
-        heartbeat_interval_ms: 5000,
-        started_at: at(),
-        inventory: Some(ContainerInventory {
-            listed_at: at(),
-            containers: vec![ReportedContainer {
-                container_id: "abc123".into(),
-                session_id: Some(session_id()),
-                running: false,
-                exit_code: Some(137),
-                oom_killed: true,
-            }],
-        }),
-    });
+    round_trips(registration());
     round_trips(Reply::Ok(RegistrationAccepted {
         node_id: node(),
         declared: true,
@@ -266,19 +284,13 @@ fn every_payload_round_trips() {
     round_trips(TemplateUpdated {
         template_id: "python-basic".into(),
     });
-    round_trips(DeclareNode {
-        declaration: NodeDeclaration {
-            node_id: node(),
-            hostname: "localhost".into(),
-            runtime_type: "docker".into(),
-            ip_address: "127.0.0.1".into(),
-            api_endpoint: "unix:///var/run/docker.sock".into(),
-            total_cpu_cores: 8.0,
-            total_memory_mb: 16384,
-            max_containers: 100,
-            labels: BTreeMap::new(),
-        },
-    });
+    // A declaration has the seed's fields of a registration: one reads as the other.
+    let declaration: NodeDeclaration =
+        serde_json::from_value(serde_json::to_value(registration()).expect("to json"))
+            .expect("a registration reads as a declaration");
+    assert_eq!(declaration.node_id, node());
+    assert_eq!(declaration.max_containers, 100);
+    round_trips(DeclareNode { declaration });
     round_trips(SetNodeDrain {
         node_id: node(),
         drained: true,
@@ -378,14 +390,11 @@ fn every_payload_round_trips() {
     round_trips(ListSessions {
         status: Some(SessionStatus::Failed),
         template_id: Some("python-basic".into()),
-        limit: 10,
-        offset: 20,
+        page: page(20),
     });
     round_trips(Reply::Ok(SessionPage {
         sessions: vec![session()],
-        total: 1,
-        limit: 10,
-        offset: 0,
+        page: first_page_of_one(),
     }));
     round_trips(DeleteSession {
         session_id: session_id(),
@@ -441,14 +450,11 @@ fn every_execution_and_file_payload_round_trips() {
     });
     round_trips(ListExecutions {
         session_id: session_id(),
-        limit: 10,
-        offset: 0,
+        page: page(0),
     });
     round_trips(Reply::Ok(ExecutionPage {
         executions: vec![execution()],
-        total: 1,
-        limit: 10,
-        offset: 0,
+        page: first_page_of_one(),
     }));
     round_trips(RecordExecutionResult { result: result() });
     round_trips(WriteFileChunk {

@@ -44,10 +44,5 @@ for ((i = 1; i <= runs; i++)); do
   [[ $out == 1 ]] || { echo "docker exec printed '$out'" >&2; exit 1; }
 done
 
-ours_p50=$(percentile 50 "${ours[@]}"); base_p50=$(percentile 50 "${baseline[@]}")
-printf '%-44s %8s %8s %8s\n' "print(1) round trip ($runs runs)" p50_ms p95_ms max_ms
-printf '%-44s %8s %8s %8s\n' "POST /api/v1/sessions/{id}/executions" "$ours_p50" \
-  "$(percentile 95 "${ours[@]}")" "$(percentile 100 "${ours[@]}")"
-printf '%-44s %8s %8s %8s\n' "docker exec <c> python3 -c 'print(1)'" "$base_p50" \
-  "$(percentile 95 "${baseline[@]}")" "$(percentile 100 "${baseline[@]}")"
-awk -v a="$ours_p50" -v b="$base_p50" 'BEGIN {printf "ratio of p50s (ours / docker exec): %.2f\n", a / b}'
+report_against_docker "print(1) round trip ($runs runs)" \
+  "POST /api/v1/sessions/{id}/executions" "docker exec <c> python3 -c 'print(1)'"

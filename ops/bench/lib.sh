@@ -16,3 +16,17 @@ require_gateway() {
   done
   curl -fsS "$1/healthz" >/dev/null || { echo "no gateway at $1: run ops/up.sh first" >&2; exit 1; }
 }
+
+# report_against_docker TITLE OURS_LABEL DOCKER_LABEL: prints the p50, p95 and max of the arrays
+# `ours` and `baseline` (milliseconds, set by the caller) and the ratio of their p50s.
+report_against_docker() {
+  local title=$1 ours_label=$2 docker_label=$3 width=$(( ${#2} > ${#3} ? ${#2} : ${#3} ))
+  local ours_p50 base_p50
+  ours_p50=$(percentile 50 "${ours[@]}"); base_p50=$(percentile 50 "${baseline[@]}")
+  printf "%-${width}s %8s %8s %8s\n" "$title" p50_ms p95_ms max_ms
+  printf "%-${width}s %8s %8s %8s\n" "$ours_label" "$ours_p50" \
+    "$(percentile 95 "${ours[@]}")" "$(percentile 100 "${ours[@]}")"
+  printf "%-${width}s %8s %8s %8s\n" "$docker_label" "$base_p50" \
+    "$(percentile 95 "${baseline[@]}")" "$(percentile 100 "${baseline[@]}")"
+  awk -v a="$ours_p50" -v b="$base_p50" 'BEGIN {printf "ratio of p50s (ours / docker): %.2f\n", a / b}'
+}

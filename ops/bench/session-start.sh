@@ -37,10 +37,5 @@ for ((i = 1; i <= runs; i++)); do
   docker rm -f "$cid" >/dev/null
 done
 
-ours_p50=$(percentile 50 "${ours[@]}"); base_p50=$(percentile 50 "${baseline[@]}")
-printf '%-34s %8s %8s %8s\n' "start of a sandbox ($runs runs)" p50_ms p95_ms max_ms
-printf '%-34s %8s %8s %8s\n' "POST /api/v1/sessions (running)" "$ours_p50" \
-  "$(percentile 95 "${ours[@]}")" "$(percentile 100 "${ours[@]}")"
-printf '%-34s %8s %8s %8s\n' "docker run -d (same image, limits)" "$base_p50" \
-  "$(percentile 95 "${baseline[@]}")" "$(percentile 100 "${baseline[@]}")"
-awk -v a="$ours_p50" -v b="$base_p50" 'BEGIN {printf "ratio of p50s (ours / docker run): %.2f\n", a / b}'
+report_against_docker "start of a sandbox ($runs runs)" \
+  "POST /api/v1/sessions (running)" "docker run -d (same image, limits)"

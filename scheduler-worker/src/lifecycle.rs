@@ -74,12 +74,12 @@ impl Change {
         match self {
             Change::CreatingOn(node) => Transition {
                 runtime_node: Some(node.clone()),
-                ..to(Creating)
+                ..Transition::to(Creating)
             },
             Change::Running { node, container_id } => Transition {
                 runtime_node: Some(node.clone()),
                 container_id: Some(container_id.clone()),
-                ..to(Running)
+                ..Transition::to(Running)
             },
             Change::StartFailed(error) => ended(Failed, error.code, error.message.clone()),
             Change::StuckBeforeRunning {
@@ -120,7 +120,7 @@ impl Change {
                 ErrorCode::Timeout,
                 format!("the session's timeout of {timeout_seconds} s ran out"),
             ),
-            Change::Deleted => to(Terminated),
+            Change::Deleted => Transition::to(Terminated),
         }
     }
 
@@ -139,21 +139,11 @@ impl Change {
     }
 }
 
-fn to(status: SessionStatus) -> Transition {
-    Transition {
-        status,
-        runtime_node: None,
-        container_id: None,
-        failure_code: None,
-        failure_reason: None,
-    }
-}
-
 fn ended(status: SessionStatus, code: ErrorCode, reason: String) -> Transition {
     Transition {
         failure_code: Some(code),
         failure_reason: Some(reason),
-        ..to(status)
+        ..Transition::to(status)
     }
 }
 

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::{PageInfo, PageRequest};
 use crate::execution::{Execution, ExecutionResult, RunExecution};
 use crate::ids::{ExecutionId, SessionId};
 
@@ -25,17 +26,16 @@ api_request!(GetExecution => "executions.get", Execution);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ListExecutions {
     pub session_id: SessionId,
-    pub limit: u32,
-    pub offset: u32,
+    #[serde(flatten)]
+    pub page: PageRequest,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionPage {
     pub executions: Vec<Execution>,
-    /// How many executions the session has, across all pages.
-    pub total: u64,
-    pub limit: u32,
-    pub offset: u32,
+    /// `total`: how many executions the session has, across all pages.
+    #[serde(flatten)]
+    pub page: PageInfo,
 }
 api_request!(ListExecutions => "executions.list", ExecutionPage);
 

@@ -7,6 +7,25 @@ pub mod nodes;
 pub mod sessions;
 pub mod templates;
 
+use serde::{Deserialize, Serialize};
+
+/// Which page of a list: at most `limit` items, after skipping `offset`. Travels inline in the
+/// list requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRequest {
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// Where a page sits in its list: how many items match in all (across every page), and the page
+/// that was asked for. Travels inline in the pages (`total`, `limit`, `offset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageInfo {
+    pub total: u64,
+    #[serde(flatten)]
+    pub page: PageRequest,
+}
+
 /// Every API subject, for checks that they are distinct; a server registering two handlers on
 /// one subject is refused at start too.
 pub const SUBJECTS: &[&str] = &[

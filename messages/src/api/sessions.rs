@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::{PageInfo, PageRequest};
 use crate::ids::SessionId;
 use crate::session::{Session, SessionStatus};
 
@@ -19,17 +20,16 @@ pub struct ListSessions {
     pub status: Option<SessionStatus>,
     #[serde(default)]
     pub template_id: Option<String>,
-    pub limit: u32,
-    pub offset: u32,
+    #[serde(flatten)]
+    pub page: PageRequest,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionPage {
     pub sessions: Vec<Session>,
-    /// How many sessions match the filter, across all pages.
-    pub total: u64,
-    pub limit: u32,
-    pub offset: u32,
+    /// `total`: how many sessions match the filter, across all pages.
+    #[serde(flatten)]
+    pub page: PageInfo,
 }
 api_request!(ListSessions => "sessions.list", SessionPage);
 

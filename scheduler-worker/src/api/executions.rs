@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use messages::api::PageInfo;
 use messages::api::executions::{
     ExecutionPage, GetExecution, ListExecutions, RecordExecutionResult, StartExecution,
 };
@@ -117,14 +118,15 @@ pub(super) async fn list(
     }
     let (executions, total) = scheduler
         .store
-        .list_executions(&request.session_id, request.limit, request.offset)
+        .list_executions(&request.session_id, request.page)
         .await
         .map_err(internal)?;
     Ok(ExecutionPage {
         executions,
-        total,
-        limit: request.limit,
-        offset: request.offset,
+        page: PageInfo {
+            total,
+            page: request.page,
+        },
     })
 }
 

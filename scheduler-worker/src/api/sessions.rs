@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use messages::api::PageInfo;
 use messages::api::sessions::{
     DeleteSession, GetSession, ListSessions, SessionPage, SetSessionTimeout,
 };
@@ -37,9 +38,10 @@ pub(super) async fn list(
         .map_err(internal)?;
     Ok(SessionPage {
         sessions,
-        total,
-        limit: request.limit,
-        offset: request.offset,
+        page: PageInfo {
+            total,
+            page: request.page,
+        },
     })
 }
 

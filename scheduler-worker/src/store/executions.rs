@@ -2,6 +2,7 @@
 //! is written once, guarded on the status still being `running`.
 
 use chrono::{DateTime, Utc};
+use messages::api::PageRequest;
 use messages::execution::{Execution, ExecutionResult, ExecutionStatus};
 use messages::{ExecutionId, NodeId, SessionId};
 
@@ -82,8 +83,7 @@ impl Store {
     pub async fn list_executions(
         &self,
         session_id: &SessionId,
-        limit: u32,
-        offset: u32,
+        page: PageRequest,
     ) -> Result<(Vec<Execution>, u64), StoreError> {
         let page_sql = concat!(
             "SELECT ",
@@ -94,8 +94,8 @@ impl Store {
         let (rows, total): (Vec<ExecutionRow>, i64) = on_pool!(self, pool => {
             let rows = sqlx::query_as(page_sql)
                 .bind(session_id.as_str())
-                .bind(i64::from(limit))
-                .bind(i64::from(offset))
+                .bind(i64::from(page.limit))
+                .bind(i64::from(page.offset))
                 .fetch_all(pool)
                 .await?;
             let total = sqlx::query_scalar("SELECT COUNT(*) FROM executions WHERE session_id = $1")

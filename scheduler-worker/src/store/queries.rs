@@ -66,6 +66,26 @@ macro_rules! transition_query {
     }};
 }
 
+/// A template definition's values bound as `$1` (id) to `$11` (warm_pool_size), in the column
+/// order of `INSERT INTO templates`; the caller binds the times after them.
+macro_rules! bind_template_definition {
+    ($query:expr, $definition:expr) => {{
+        let definition: &messages::template::TemplateDefinition = $definition;
+        $query
+            .bind(&definition.id)
+            .bind(&definition.name)
+            .bind(&definition.description)
+            .bind(&definition.image_url)
+            .bind(definition.resources.cpu_cores)
+            .bind($crate::store::rows::to_i64(definition.resources.memory_mb))
+            .bind(i64::from(definition.resources.pids_limit))
+            .bind(definition.network.as_str())
+            .bind($crate::store::rows::to_json(&definition.env))
+            .bind($crate::store::rows::to_i64(definition.timeout_seconds))
+            .bind(i64::from(definition.warm_pool_size))
+    }};
+}
+
 /// The filter of [`super::Store::list_sessions`], spelled once for the page and the count.
 macro_rules! session_filter {
     () => {

@@ -28,6 +28,14 @@ struct Check {
 }
 
 impl Check {
+    /// Checks the values of row `id` of `table`.
+    fn row(table: &'static str, id: &str) -> Self {
+        Self {
+            table,
+            id: id.to_owned(),
+        }
+    }
+
     fn corrupt(&self, reason: impl ToString) -> StoreError {
         StoreError::Corrupt {
             table: self.table,
@@ -73,10 +81,7 @@ pub(super) struct TemplateRow {
 impl TryFrom<TemplateRow> for Template {
     type Error = StoreError;
     fn try_from(row: TemplateRow) -> Result<Self, StoreError> {
-        let check = Check {
-            table: "templates",
-            id: row.id.clone(),
-        };
+        let check = Check::row("templates", &row.id);
         let definition = TemplateDefinition {
             resources: Resources {
                 cpu_cores: row.cpu_cores,
@@ -127,10 +132,7 @@ impl SessionRow {
     /// The session, and the spec its container is made from (its image, limits and network
     /// are the session's; its environment is kept only here).
     pub(super) fn into_session_and_spec(self) -> Result<(Session, ContainerSpec), StoreError> {
-        let check = Check {
-            table: "sessions",
-            id: self.id.clone(),
-        };
+        let check = Check::row("sessions", &self.id);
         let session = Session {
             id: check.parse::<SessionId>("id", &self.id)?,
             status: check.parse::<SessionStatus>("status", &self.status)?,
@@ -210,10 +212,7 @@ pub struct NodeRecord {
 impl TryFrom<NodeRow> for NodeRecord {
     type Error = StoreError;
     fn try_from(row: NodeRow) -> Result<Self, StoreError> {
-        let check = Check {
-            table: "runtime_nodes",
-            id: row.node_id.clone(),
-        };
+        let check = Check::row("runtime_nodes", &row.node_id);
         Ok(NodeRecord {
             registration: NodeRegistration {
                 node_id: check.parse("node_id", &row.node_id)?,
@@ -270,10 +269,7 @@ pub(super) struct ExecutionRow {
 impl TryFrom<ExecutionRow> for Execution {
     type Error = StoreError;
     fn try_from(row: ExecutionRow) -> Result<Self, StoreError> {
-        let check = Check {
-            table: "executions",
-            id: row.id.clone(),
-        };
+        let check = Check::row("executions", &row.id);
         Ok(Execution {
             id: check.parse::<ExecutionId>("id", &row.id)?,
             session_id: check.parse::<SessionId>("session_id", &row.session_id)?,

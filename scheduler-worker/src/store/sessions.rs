@@ -24,6 +24,19 @@ pub struct Transition {
     pub failure_reason: Option<String>,
 }
 
+impl Transition {
+    /// The plain change to `status`, setting nothing else; changes that set more build on it.
+    pub fn to(status: SessionStatus) -> Self {
+        Self {
+            status,
+            runtime_node: None,
+            container_id: None,
+            failure_code: None,
+            failure_reason: None,
+        }
+    }
+}
+
 /// What a guarded transition did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
@@ -126,8 +139,8 @@ impl Store {
             let rows = sqlx::query_as(page_sql)
                 .bind(status)
                 .bind(template)
-                .bind(i64::from(filter.limit))
-                .bind(i64::from(filter.offset))
+                .bind(i64::from(filter.page.limit))
+                .bind(i64::from(filter.page.offset))
                 .fetch_all(pool)
                 .await?;
             let total = sqlx::query_scalar(count_sql)
@@ -184,14 +197,7 @@ impl Store {
                     .await?
             }
         };
-        match updated {
-            Some(row) => Ok(Applied::Changed(row.into_session_and_spec()?.0)),
-            // Not in one of `from` (or absent): as it is.
-            None => Ok(self
-                .get_session(id)
-                .await?
-                .map_or(Applied::Missing, Applied::Unchanged)),
-        }
+        self.applied(id, updated).await
     }
 
     /// Sets a live session's timeout, counted from `at`.
@@ -216,6 +222,16 @@ impl Store {
                 .fetch_optional(pool)
                 .await?
         });
+        self.applied(id, updated).await
+    }
+
+    /// What a guarded `UPDATE ... RETURNING` did: the row it returned, or else (the session was
+    /// in another status, or is absent) the session as it is.
+    async fn applied(
+        &self,
+        id: &SessionId,
+        updated: Option<SessionRow>,
+    ) -> Result<Applied, StoreError> {
         match updated {
             Some(row) => Ok(Applied::Changed(row.into_session_and_spec()?.0)),
             None => Ok(self

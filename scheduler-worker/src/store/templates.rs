@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use messages::template::{NetworkMode, Resources, Template, TemplateDefinition};
 
-use super::rows::{self, TemplateRow};
+use super::rows::TemplateRow;
 use super::{Store, StoreError, now};
 
 /// The templates every fresh database has. `python-basic` is the seed's, with the executor
@@ -61,30 +61,19 @@ impl Store {
             template.created_at,
             template.updated_at,
         );
-        let env = rows::to_json(&definition.env);
         let added = on_writer!(self, pool => {
-            sqlx::query(
+            let insert = sqlx::query(
                 "INSERT INTO templates (id, name, description, image_url, cpu_cores, memory_mb, \
                  pids_limit, network, env, timeout_seconds, warm_pool_size, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
                  ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&definition.id)
-            .bind(&definition.name)
-            .bind(&definition.description)
-            .bind(&definition.image_url)
-            .bind(definition.resources.cpu_cores)
-            .bind(rows::to_i64(definition.resources.memory_mb))
-            .bind(i64::from(definition.resources.pids_limit))
-            .bind(definition.network.as_str())
-            .bind(&env)
-            .bind(rows::to_i64(definition.timeout_seconds))
-            .bind(i64::from(definition.warm_pool_size))
-            .bind(created_at)
-            .bind(updated_at)
-            .execute(pool)
-            .await?
-            .rows_affected()
+            );
+            bind_template_definition!(insert, definition)
+                .bind(created_at)
+                .bind(updated_at)
+                .execute(pool)
+                .await?
+                .rows_affected()
         });
         Ok(added == 1)
     }
@@ -125,26 +114,16 @@ impl Store {
         at: DateTime<Utc>,
     ) -> Result<Option<Template>, StoreError> {
         let updated: Option<TemplateRow> = on_writer!(self, pool => {
-            sqlx::query_as(
+            let update = sqlx::query_as(
                 "UPDATE templates SET name = $2, description = $3, image_url = $4, \
                  cpu_cores = $5, memory_mb = $6, pids_limit = $7, network = $8, env = $9, \
-                 timeout_seconds = $10, warm_pool_size = $12, updated_at = $11 WHERE id = $1 \
+                 timeout_seconds = $10, warm_pool_size = $11, updated_at = $12 WHERE id = $1 \
                  RETURNING *",
-            )
-            .bind(&definition.id)
-            .bind(&definition.name)
-            .bind(&definition.description)
-            .bind(&definition.image_url)
-            .bind(definition.resources.cpu_cores)
-            .bind(rows::to_i64(definition.resources.memory_mb))
-            .bind(i64::from(definition.resources.pids_limit))
-            .bind(definition.network.as_str())
-            .bind(rows::to_json(&definition.env))
-            .bind(rows::to_i64(definition.timeout_seconds))
-            .bind(at)
-            .bind(i64::from(definition.warm_pool_size))
-            .fetch_optional(pool)
-            .await?
+            );
+            bind_template_definition!(update, definition)
+                .bind(at)
+                .fetch_optional(pool)
+                .await?
         });
         updated.map(Template::try_from).transpose()
     }

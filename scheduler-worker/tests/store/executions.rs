@@ -2,6 +2,7 @@
 //! and found when overdue.
 
 use chrono::{DateTime, Utc};
+use messages::api::PageRequest;
 use messages::execution::{ExecutionResult, ExecutionStatus};
 use messages::{ExecutionId, SessionId};
 use scheduler_worker::store::{self, OverdueExecution, Store};
@@ -47,7 +48,13 @@ fn completed(base: DateTime<Utc>) -> ExecutionResult {
 pub async fn runs_are_listed_newest_first_per_session(store: &Store) {
     four_runs(store, store::now()).await;
     let (page, total) = store
-        .list_executions(&SessionId::parse("s-exec").expect("valid"), 2, 0)
+        .list_executions(
+            &SessionId::parse("s-exec").expect("valid"),
+            PageRequest {
+                limit: 2,
+                offset: 0,
+            },
+        )
         .await
         .expect("lists");
     assert_eq!(total, 3);

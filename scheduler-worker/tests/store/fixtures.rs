@@ -99,21 +99,10 @@ impl AsPair for Applied {
     }
 }
 
-/// The plain change to `status`.
-pub fn to(status: SessionStatus) -> Transition {
-    Transition {
-        status,
-        runtime_node: None,
-        container_id: None,
-        failure_code: None,
-        failure_reason: None,
-    }
-}
-
 pub fn creating_on(node: NodeId) -> Transition {
     Transition {
         runtime_node: Some(node),
-        ..to(SessionStatus::Creating)
+        ..Transition::to(SessionStatus::Creating)
     }
 }
 
@@ -121,7 +110,7 @@ pub fn running(node: NodeId, container_id: &str) -> Transition {
     Transition {
         runtime_node: Some(node),
         container_id: Some(container_id.to_owned()),
-        ..to(SessionStatus::Running)
+        ..Transition::to(SessionStatus::Running)
     }
 }
 
@@ -130,6 +119,6 @@ pub fn ended(status: SessionStatus, code: ErrorCode, reason: &str) -> Transition
     Transition {
         failure_code: Some(code),
         failure_reason: Some(reason.to_owned()),
-        ..to(status)
+        ..Transition::to(status)
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use messages::api::PageRequest;
 use messages::api::sessions::ListSessions;
 use messages::session::{Session, SessionStatus};
 use messages::template::NetworkMode;
@@ -10,7 +11,7 @@ use messages::{ErrorCode, SessionId};
 use scheduler_worker::store::{self, Store, Transition};
 
 use crate::Database;
-use crate::fixtures::{AsPair as _, creating_on, ended, node_id, running, session, to};
+use crate::fixtures::{AsPair as _, creating_on, ended, node_id, running, session};
 
 /// Statuses a placement may move a session from.
 const PENDING: [SessionStatus; 2] = [SessionStatus::Pending, SessionStatus::Creating];
@@ -135,7 +136,7 @@ pub async fn transitions_are_guarded_by_the_current_status(store: &Store) {
         .transition(
             &first.id,
             &[SessionStatus::Running],
-            &to(SessionStatus::Terminated),
+            &Transition::to(SessionStatus::Terminated),
         )
         .await
         .expect("updates")
@@ -172,16 +173,20 @@ pub async fn sessions_are_listed_newest_first_with_filters_and_pages(store: &Sto
     let all = ListSessions {
         status: None,
         template_id: None,
-        limit: 10,
-        offset: 0,
+        page: PageRequest {
+            limit: 10,
+            offset: 0,
+        },
     };
     let (sessions, total) = store.list_sessions(&all).await.expect("lists");
     let ids: Vec<&str> = sessions.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids, ["s-3", "s-2", "s-1"]);
     assert_eq!(total, 3);
     let page = ListSessions {
-        limit: 1,
-        offset: 1,
+        page: PageRequest {
+            limit: 1,
+            offset: 1,
+        },
         ..all.clone()
     };
     let (sessions, total) = store.list_sessions(&page).await.expect("lists");
