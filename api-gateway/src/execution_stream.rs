@@ -15,12 +15,12 @@ use messages::execution::{Execution, ExecutionOutput, OutputStream};
 use messages::{ExecutionId, subjects};
 use tokio::sync::mpsc;
 
-use crate::AppState;
 use crate::error::ApiError;
 use crate::executions::{
     fetch, next_final, parse_execution_id, run_wait, subscribe_status, wait_for_result,
 };
 use crate::extract::ApiPath;
+use crate::state::AppState;
 
 /// How long a stream keeps relaying output after the run's result was recorded.
 const RECORDED_DRAIN: Duration = Duration::from_secs(1);

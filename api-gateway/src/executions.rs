@@ -22,10 +22,10 @@ use serde::Deserialize;
 use service_kit::bus;
 use tracing::field::Empty;
 
-use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::input;
+use crate::state::AppState;
 
 /// How long past a run's own timeout a waiting request or stream keeps waiting for its result:
 /// the node reports a stuck run at timeout + 10 s, the schedulers fail a lost one at + 60 s.

@@ -19,9 +19,9 @@ use messages::{ErrorCode, NodeId, SessionId};
 use serde::Deserialize;
 use service_kit::bus::{self, BusError};
 
-use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery};
+use crate::state::AppState;
 
 /// The session's node, if the session runs; 404 or 409 otherwise.
 async fn running_session_node(state: &AppState, id: &str) -> Result<(SessionId, NodeId), ApiError> {

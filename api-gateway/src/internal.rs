@@ -26,10 +26,10 @@ use messages::{NodeId, SessionId, subjects};
 use serde::{Deserialize, Serialize};
 use service_kit::bus;
 
-use crate::AppState;
 use crate::error::ApiError;
 use crate::executions;
 use crate::extract::ApiJson;
+use crate::state::AppState;
 
 /// What `daemon_version` says of a node registered over HTTP.
 const HTTP_AGENT_VERSION: &str = "http-bridge";
@@ -50,14 +50,14 @@ pub(crate) fn router(state: AppState, token: String, max_body_bytes: usize) -> R
             "/internal/executions/{id}/result",
             post(executions::record_callback),
         )
-        .fallback(crate::unknown_route)
-        .method_not_allowed_fallback(crate::wrong_method)
+        .fallback(crate::router::unknown_route)
+        .method_not_allowed_fallback(crate::router::wrong_method)
         .layer(middleware::from_fn_with_state(
             Arc::<str>::from(token),
             require_token,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
-        .layer(middleware::from_fn(crate::log_request))
+        .layer(middleware::from_fn(crate::router::log_request))
         .with_state(state)
 }
 

@@ -11,9 +11,9 @@ use messages::node::NodeInfo;
 use serde::Serialize;
 use service_kit::bus;
 
-use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath};
+use crate::state::AppState;
 
 /// The body of `GET /api/v1/nodes`.
 #[derive(Debug, Serialize)]

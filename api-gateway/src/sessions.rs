@@ -20,10 +20,10 @@ use serde::Deserialize;
 use service_kit::bus::{self, BusError};
 use tracing::field::Empty;
 
-use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::input::{self, unprocessable};
+use crate::state::AppState;
 
 /// The body of `POST /api/v1/sessions`.
 #[derive(Debug, Deserialize)]

@@ -7,10 +7,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
-
 use messages::api::templates::{
     CreateTemplate, DeleteTemplate, GetTemplate, ListTemplates, UpdateTemplate,
 };
@@ -18,52 +14,10 @@ use messages::template::{NetworkMode, Resources, Template, TemplateDefinition};
 use serde::{Deserialize, Serialize};
 use service_kit::bus;
 
-use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath};
 use crate::input::unprocessable;
-
-/// How long a create may use a template as read before.
-const RECENT_FOR: Duration = Duration::from_secs(1);
-
-/// Templates as creates last read them, for a second: a burst of creates of one template asks
-/// the schedulers once a second instead of once per create. A change made through this gateway
-/// forgets its copy at once; one made through another shows within the second, as it does in
-/// the schedulers' own copies that placements use.
-#[derive(Debug, Default)]
-pub(crate) struct RecentTemplates {
-    copies: Mutex<HashMap<String, (Template, Instant)>>,
-}
-
-impl RecentTemplates {
-    /// The template for a create: a copy read within [`RECENT_FOR`], or the schedulers' answer
-    /// (404 when there is none).
-    pub(crate) async fn get(&self, state: &AppState, id: &str) -> Result<Template, ApiError> {
-        let now = Instant::now();
-        if let Some((template, _)) = self
-            .lock()
-            .get(id)
-            .filter(|(_, read_at)| now.duration_since(*read_at) < RECENT_FOR)
-        {
-            return Ok(template.clone());
-        }
-        let request = GetTemplate {
-            template_id: id.to_owned(),
-        };
-        let answer = bus::api_request(&state.nats, &request, state.request_timeout).await;
-        let template = ApiError::found("template", id, answer)?;
-        self.lock().insert(id.to_owned(), (template.clone(), now));
-        Ok(template)
-    }
-
-    fn forget(&self, id: &str) {
-        self.lock().remove(id);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Template, Instant)>> {
-        self.copies.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
+use crate::state::AppState;
 
 /// The body of `GET /api/v1/templates`.
 #[derive(Debug, Serialize)]
