@@ -6,9 +6,11 @@
 #      the tests build their own sandbox-test-busybox:1 image
 #   3. cargo test --workspace --all-targets --all-features   (needs nats-server, Docker,
 #      PostgreSQL, the images; --all-features for the node daemon's simulated fleet)
-#   4. cargo fmt --all -- --check
-#   5. cargo clippy --workspace --all-targets --all-features -- -D warnings
-# Steps 3-5 all run even when one fails, so one run shows every problem. Prints the time of each
+#   4. cargo test -p node-daemon --lib --test binary   (the default build, without the simulated
+#      fleet: its refusal of --simulate-nodes)
+#   5. cargo fmt --all -- --check
+#   6. cargo clippy --workspace --all-targets --all-features -- -D warnings
+# Steps 3-6 all run even when one fails, so one run shows every problem. Prints the time of each
 # step and a summary; exits non-zero when any step failed. cargo's own output is shown as is.
 #
 # Usage: ops/test.sh [ARGS...]   ARGS go to cargo test, e.g. ops/test.sh -- --test-threads=1
@@ -57,6 +59,8 @@ fi
 cd "$SANDBOX_REPO_ROOT"
 step "cargo test --workspace --all-targets --all-features" \
     cargo test --workspace --all-targets --all-features "$@" || true
+step "cargo test -p node-daemon --lib --test binary (default features)" \
+    cargo test -p node-daemon --lib --test binary || true
 step "cargo fmt --all -- --check" cargo fmt --all -- --check || true
 step "cargo clippy --workspace --all-targets --all-features -- -D warnings" \
     cargo clippy --workspace --all-targets --all-features -- -D warnings || true

@@ -58,7 +58,7 @@ impl ApiError {
     }
 
     pub fn not_found(kind: &str, id: &str) -> Self {
-        Self::from_code(ErrorCode::NotFound, format!("{kind} '{id}' not found"))
+        ErrorBody::not_found(kind, &id).into()
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

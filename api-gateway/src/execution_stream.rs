@@ -13,6 +13,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt as _};
 use messages::execution::{Execution, ExecutionOutput, OutputStream};
 use messages::{ExecutionId, subjects};
+use service_kit::bus;
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
@@ -134,7 +135,7 @@ async fn relay_live(
         if message.subject.ends_with(".result") {
             break;
         }
-        let output = match messages::decode::<ExecutionOutput>(&message.payload) {
+        let output = match bus::decode_message::<ExecutionOutput>(&message) {
             Ok(output) => output,
             Err(error) => {
                 tracing::warn!(%error, "undecodable execution output; skipped");

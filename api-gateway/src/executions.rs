@@ -186,7 +186,7 @@ pub(crate) async fn wait_for_result(
 /// The next final state announced, or `None` if the subscription ends first.
 pub(crate) async fn next_final(results: &mut Subscriber) -> Option<Execution> {
     while let Some(message) = results.next().await {
-        match messages::decode::<Execution>(&message.payload) {
+        match bus::decode_message::<Execution>(&message) {
             Ok(execution) if execution.status.is_final() => return Some(execution),
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "undecodable execution status; ignored"),

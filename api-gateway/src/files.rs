@@ -80,9 +80,10 @@ async fn ask_node<C: NodeCommand>(
 
 /// `PUT /api/v1/sessions/{id}/files/{path}`: the body becomes `/workspace/{path}`, replacing a
 /// file there; missing folders are made. The file appears whole or not at all. The body is the
-/// file's bytes as they are, or a `multipart/form-data` form (what `curl -F file=@x` sends)
-/// whose `file` field (or only file field) is the file, read as it streams; a form-encoded body
-/// (`curl -d`, which also strips newlines) is refused, never stored.
+/// file's bytes as they are (whatever its content type: `curl --data-binary` labels them
+/// form-encoded), or a `multipart/form-data` form (what `curl -F file=@x` sends) whose `file`
+/// field (or first file field) is the file, read as it streams: the form itself is never
+/// stored.
 #[tracing::instrument(name = "gateway.upload_file", skip_all, fields(session_id = %id, path = %path))]
 pub(crate) async fn upload(
     State(state): State<AppState>,
@@ -136,13 +137,13 @@ pub(crate) async fn upload(
 /// How an upload's body carries the file.
 #[derive(Debug, PartialEq, Eq)]
 enum UploadEncoding {
-    /// The bytes of the file, as they are (any content type but the two below).
+    /// The bytes of the file, as they are (any content type but multipart).
     Raw,
     /// A `multipart/form-data` form with this boundary.
     Multipart(String),
 }
 
-/// The body's encoding from its content type; a form-encoded body is refused (415).
+/// The body's encoding from its content type.
 fn upload_encoding(headers: &HeaderMap) -> Result<UploadEncoding, ApiError> {
     let Some(content_type) = headers
         .get(header::CONTENT_TYPE)
@@ -156,23 +157,17 @@ fn upload_encoding(headers: &HeaderMap) -> Result<UploadEncoding, ApiError> {
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
-    match essence.as_str() {
-        "multipart/form-data" => multer::parse_boundary(content_type)
-            .map(UploadEncoding::Multipart)
-            .map_err(|error| {
-                ApiError::invalid(
-                    StatusCode::BAD_REQUEST,
-                    format!("a multipart/form-data body needs its boundary: {error}"),
-                )
-            }),
-        "application/x-www-form-urlencoded" => Err(ApiError::rejected(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "a form-encoded body is not a file (curl -d also strips its newlines): send the \
-             file's bytes as they are (curl --data-binary @FILE, or -T FILE) or as multipart \
-             form data (curl -F file=@FILE)",
-        )),
-        _ => Ok(UploadEncoding::Raw),
+    if essence != "multipart/form-data" {
+        return Ok(UploadEncoding::Raw);
     }
+    multer::parse_boundary(content_type)
+        .map(UploadEncoding::Multipart)
+        .map_err(|error| {
+            ApiError::invalid(
+                StatusCode::BAD_REQUEST,
+                format!("a multipart/form-data body needs its boundary: {error}"),
+            )
+        })
 }
 
 /// The form's file: its field named `file`, else its first field with a file name.
@@ -394,7 +389,7 @@ mod tests {
     }
 
     #[test]
-    fn uploads_are_raw_multipart_or_refused() {
+    fn uploads_are_raw_bytes_or_multipart() {
         assert_eq!(upload_encoding(&HeaderMap::new()), Ok(UploadEncoding::Raw));
         assert_eq!(
             upload_encoding(&with_type("application/octet-stream")),
@@ -404,10 +399,11 @@ mod tests {
             upload_encoding(&with_type("Multipart/Form-Data; boundary=xyz")),
             Ok(UploadEncoding::Multipart("xyz".to_owned()))
         );
-        let form =
-            upload_encoding(&with_type("application/x-www-form-urlencoded")).expect_err("refused");
-        assert_eq!(form.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-        assert!(form.message.contains("--data-binary"), "{}", form.message);
+        // What `curl --data-binary` sends: the file's bytes, however labelled.
+        assert_eq!(
+            upload_encoding(&with_type("application/x-www-form-urlencoded")),
+            Ok(UploadEncoding::Raw)
+        );
         let no_boundary = upload_encoding(&with_type("multipart/form-data")).expect_err("refused");
         assert_eq!(no_boundary.status, StatusCode::BAD_REQUEST);
     }

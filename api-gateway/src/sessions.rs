@@ -77,6 +77,11 @@ pub(crate) async fn create(
     span.record("template_id", body.template_id.as_str());
 
     let template = state.templates.get(&state, &body.template_id).await?;
+    // The request's environment over the template's must still be one a container can have.
+    template
+        .container_spec_with(&body.env)
+        .check()
+        .map_err(unprocessable)?;
 
     let session_id = SessionId::parse(uuid::Uuid::now_v7().to_string())
         .map_err(|error| ApiError::internal(format!("making a session id: {error}")))?;
@@ -180,7 +185,7 @@ async fn wait_until_settled(
 /// The first settled state announced, or `None` if the subscription ends first.
 async fn next_settled(updates: &mut Subscriber) -> Option<Session> {
     while let Some(message) = updates.next().await {
-        match messages::decode::<Session>(&message.payload) {
+        match bus::decode_message::<Session>(&message) {
             Ok(session) if session.status.is_settled() => return Some(session),
             Ok(session) => tracing::debug!(status = %session.status, "session progressed"),
             Err(error) => tracing::warn!(error = %error, "undecodable session status; ignored"),

@@ -1,13 +1,13 @@
 //! What the gateway's handlers share: its connections and settings, and its one piece of soft
 //! state, a second's copy of the templates creates read.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use messages::api::templates::GetTemplate;
 use messages::template::Template;
 use service_kit::bus;
+use service_kit::recent::RecentCopies;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
@@ -33,37 +33,32 @@ const RECENT_FOR: Duration = Duration::from_secs(1);
 /// the schedulers once a second instead of once per create. A change made through this gateway
 /// forgets its copy at once; one made through another shows within the second, as it does in
 /// the schedulers' own copies that placements use.
-#[derive(Debug, Default)]
-pub(crate) struct RecentTemplates {
-    copies: Mutex<HashMap<String, (Template, Instant)>>,
+#[derive(Debug)]
+pub(crate) struct RecentTemplates(RecentCopies<Template>);
+
+impl Default for RecentTemplates {
+    fn default() -> Self {
+        Self(RecentCopies::new(RECENT_FOR))
+    }
 }
 
 impl RecentTemplates {
     /// The template for a create: a copy read within [`RECENT_FOR`], or the schedulers' answer
     /// (404 when there is none).
     pub(crate) async fn get(&self, state: &AppState, id: &str) -> Result<Template, ApiError> {
-        let now = Instant::now();
-        if let Some((template, _)) = self
-            .lock()
-            .get(id)
-            .filter(|(_, read_at)| now.duration_since(*read_at) < RECENT_FOR)
-        {
-            return Ok(template.clone());
+        if let Some(template) = self.0.get(id) {
+            return Ok(template);
         }
         let request = GetTemplate {
             template_id: id.to_owned(),
         };
         let answer = bus::api_request(&state.nats, &request, state.request_timeout).await;
         let template = ApiError::found("template", id, answer)?;
-        self.lock().insert(id.to_owned(), (template.clone(), now));
+        self.0.put(id, template.clone());
         Ok(template)
     }
 
     pub(crate) fn forget(&self, id: &str) {
-        self.lock().remove(id);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Template, Instant)>> {
-        self.copies.lock().unwrap_or_else(PoisonError::into_inner)
+        self.0.forget(id);
     }
 }

@@ -129,6 +129,25 @@ pub struct ExecutionStarted {
 
 node_command!(RunExecution => "executions.run", ExecutionStarted);
 
+/// How many bytes `value` takes as JSON, counted without keeping them.
+fn json_length(value: &impl Serialize) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
+}
+
 impl RunExecution {
     /// What every service checks of a run before passing it on: its timeout, its environment,
     /// and that it fits the executor agent's request line.
@@ -137,8 +156,7 @@ impl RunExecution {
         if self.code.contains('\0') {
             return Err("code must not contain NUL bytes".to_owned());
         }
-        let as_json = serde_json::to_vec(&(&self.code, &self.stdin, &self.env))
-            .map_or(usize::MAX, |json| json.len());
+        let as_json = json_length(&(&self.code, &self.stdin, &self.env));
         if as_json > limits::MAX_RUN_JSON_BYTES {
             return Err(format!(
                 "code, stdin and env take {as_json} bytes as JSON; the most is {}: upload larger \

@@ -135,6 +135,10 @@ pub(crate) async fn request_registration(
             max_containers = accepted.max_containers,
             "registration accepted"
         ),
+        Err(BusError::Schema { reason, .. }) => tracing::error!(
+            reason = %reason.message,
+            "a scheduler of a newer schema answered the registration: upgrade this node daemon"
+        ),
         Err(BusError::Remote(refusal)) => tracing::error!(
             code = %refusal.code,
             reason = %refusal.message,

@@ -4,8 +4,9 @@
 //! the workspace's binaries on free ports, with their logs in one temp dir. Dropping the
 //! [`Stack`] stops every process and removes the Docker objects of its nodes.
 //!
-//! It talks to the services through their flags, their logs and the HTTP API only, so it does
-//! not change when the wire contract's types do.
+//! It talks to the services through their flags, their logs and the HTTP API; it asks the
+//! schedulers for their node view over NATS (`ListNodes`), so waiting for thousands of nodes
+//! puts no gateway (and no JSON of every node) in the path of what is measured.
 
 mod api;
 mod binaries;
@@ -16,6 +17,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use messages::api::nodes::ListNodes;
+use messages::node::NodeHealth;
+use service_kit::bus;
+use tokio::sync::OnceCell;
 
 pub use api::{Api, json_answer};
 pub use binaries::{Binaries, SERVICE_BINARIES};
@@ -98,8 +103,8 @@ impl Spec {
 pub enum SchedulerReady {
     /// It logged [`SCHEDULER_READY`] (its log level must show `scheduler_worker` info).
     Logged,
-    /// The API lists the nodes, which takes some replica answering: for a log level that hides
-    /// the ready line. With other replicas up, this says nothing of the new one.
+    /// Some replica answers a request for the node view: for a log level that hides the ready
+    /// line. With other replicas up, this says nothing of the new one.
     ApiAnswers,
 }
 
@@ -115,6 +120,8 @@ struct NodeProcess {
 pub struct Stack {
     binaries: Binaries,
     api: Option<Api>,
+    /// A NATS client of the stack's own, for the schedulers' node view.
+    bus: OnceCell<async_nats::Client>,
     schedulers: Vec<Process>,
     gateways: Vec<Process>,
     nodes: Vec<NodeProcess>,
@@ -142,6 +149,7 @@ impl Stack {
         Ok(Self {
             binaries,
             api: None,
+            bus: OnceCell::new(),
             schedulers: Vec::new(),
             gateways: Vec::new(),
             nodes: Vec::new(),
@@ -238,12 +246,10 @@ impl Stack {
                     .await?;
             }
             SchedulerReady::ApiAnswers => {
-                let api = self.api()?.clone();
+                let bus = self.bus().await?.clone();
                 process
                     .wait_ready(START_LIMIT, async |_: &Process| {
-                        api.get("/api/v1/nodes")
-                            .await
-                            .is_ok_and(|(status, _)| status == 200)
+                        nodes_online(&bus).await.is_ok()
                     })
                     .await?;
             }
@@ -339,7 +345,7 @@ impl Stack {
         if self.fleet.is_some() {
             bail!("the stack has a simulated fleet already");
         }
-        let api = self.api()?.clone();
+        let bus = self.bus().await?.clone();
         let args = vec![
             "--nats-url".to_owned(),
             self.nats_url(),
@@ -351,7 +357,7 @@ impl Stack {
         // Each check lists every node: ask twice a second, not at the usual pace.
         let online = process
             .wait_ready_polling(within, Duration::from_millis(500), async |_: &Process| {
-                api.online_count()
+                nodes_online(&bus)
                     .await
                     .is_ok_and(|online| online >= wanted)
             })
@@ -360,9 +366,28 @@ impl Stack {
         online
     }
 
-    /// Waits until the API shows at least `count` nodes online.
+    /// Waits until the schedulers' view shows at least `count` nodes online.
     pub async fn wait_online(&self, count: usize, within: Duration) -> anyhow::Result<()> {
-        self.api()?.wait_online(count, within).await
+        let bus = self.bus().await?;
+        let started = std::time::Instant::now();
+        loop {
+            let online = nodes_online(bus).await.unwrap_or(0);
+            if online >= count {
+                return Ok(());
+            }
+            if started.elapsed() > within {
+                bail!("only {online} of {count} nodes online after {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// The stack's own NATS client, connected on first use.
+    pub async fn bus(&self) -> anyhow::Result<&async_nats::Client> {
+        let url = self.nats.url();
+        self.bus
+            .get_or_try_init(|| async move { bus::connect(&url, "sandbox-stack").await })
+            .await
     }
 
     /// The pid of every running process of the stack by name, `nats-server` included.
@@ -394,4 +419,13 @@ impl Drop for Stack {
             testkit::remove_docker_objects_blocking(&self.node_ids, &self.network);
         }
     }
+}
+
+/// How many nodes the schedulers' view shows online (a request any replica answers).
+async fn nodes_online(bus: &async_nats::Client) -> anyhow::Result<usize> {
+    let nodes = bus::api_request(bus, &ListNodes {}, Duration::from_secs(10)).await?;
+    Ok(nodes
+        .iter()
+        .filter(|node| node.status == NodeHealth::Online)
+        .count())
 }

@@ -49,7 +49,7 @@ impl Running {
     pub async fn wait(self) -> anyhow::Result<()> {
         let outcome = self.tasks.join(SHUTDOWN_DEADLINE).await;
         self.scheduler.drain_background(BACKGROUND_DEADLINE).await;
-        self.scheduler.store.close().await;
+        self.scheduler.store.flush_writes(BACKGROUND_DEADLINE).await;
         outcome
     }
 }

@@ -11,9 +11,10 @@
 //!      └──────── Deleted (from any status but terminated) ──────────▶ terminated
 //! ```
 //!
-//! "running" has one writer: the placement that asked the node records it from the node's
-//! answer. The node's `runtime.containers.ready` signal (the seed's) and the reconciliation of a
-//! restarted daemon record it only for a session no placement is waiting on.
+//! "running" is written by the placement that asked the node, from the node's answer. The
+//! node's `runtime.containers.ready` signal (the seed's) and the reconciliation of a restarted
+//! daemon write it only for a session no placement is waiting on
+//! ([`Scheduler::placement_may_be_waiting`]): the replica that asked died.
 
 use std::time::Duration;
 
@@ -199,7 +200,8 @@ impl Scheduler {
             self.remove_in_background(event.node_id, event.session_id);
             return;
         }
-        if session.status == Creating && self.placement_may_be_waiting(&session) {
+        // Running already (the placement recorded it), or ended: nothing to write.
+        if session.status != Creating || self.placement_may_be_waiting(&session) {
             return;
         }
         let running = Change::Running {
@@ -209,12 +211,15 @@ impl Scheduler {
         self.apply_or_log(&event.session_id, running).await;
     }
 
-    /// Whether a placement may still be waiting for the node's answer about `session`.
-    fn placement_may_be_waiting(&self, session: &Session) -> bool {
+    /// Whether a placement may still be waiting for a node's answer about `session`, creating
+    /// since its last change: for up to twice the node timeout, so a placement that timed out
+    /// (and asked the node to remove what it made) has long moved on, and clocks that differ a
+    /// little between replicas do not matter. Past that, the replica that asked is gone.
+    pub(crate) fn placement_may_be_waiting(&self, session: &Session) -> bool {
         let creating_for = (store::now() - session.updated_at)
             .to_std()
             .unwrap_or_default();
-        creating_for < self.config.node_timeout
+        session.status == Creating && creating_for < 2 * self.config.node_timeout
     }
 
     /// A sandbox stopped by itself (or was killed): its session fails with the reason, and the

@@ -75,7 +75,8 @@ impl Scheduler {
     }
 
     /// Records the request's session unless an earlier delivery did; the session as recorded,
-    /// and the spec of its container (none for a session whose template is gone: it failed).
+    /// and the spec of its container (none for a session that failed before any node was asked:
+    /// its template is gone, its container would be refused, or it waited past its deadline).
     async fn record_session(
         &self,
         request: &CreateSession,
@@ -97,7 +98,10 @@ impl Scheduler {
                     timeout,
                     accepted_at,
                 );
-                (session, Some(spec))
+                match self.refusal_before_placement(&session, &spec) {
+                    Some(refusal) => (failed(session, refusal), None),
+                    None => (session, Some(spec)),
+                }
             }
             // The gateway checked the template; it was deleted since. Record why.
             None => (template_gone(request, accepted_at), None),
@@ -114,6 +118,41 @@ impl Scheduler {
             .await?
             .ok_or_else(|| vanished(&request.session_id))?;
         Ok((session, Some(spec)))
+    }
+
+    /// Why the session must fail without a node being asked, if it must: the container's spec
+    /// breaks the contract's rules (a request's environment added to the template's may), or the
+    /// request waited in the queue (no scheduler ran) past its start deadline or its timeout.
+    fn refusal_before_placement(
+        &self,
+        session: &Session,
+        spec: &ContainerSpec,
+    ) -> Option<ErrorBody> {
+        if let Err(reason) = spec.check() {
+            return Some(ErrorBody::invalid(reason));
+        }
+        let now = crate::store::now();
+        let waited = (now - session.created_at).to_std().unwrap_or_default();
+        let deadline = self.config.start_deadline;
+        if waited > deadline {
+            return Some(ErrorBody::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the request waited {waited:.0?} to be placed, past the start deadline of \
+                     {deadline:?}"
+                ),
+            ));
+        }
+        if session.expires_at.is_some_and(|expires| expires <= now) {
+            return Some(ErrorBody::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the session's timeout of {} s ran out while the request waited to be placed",
+                    session.timeout_seconds
+                ),
+            ));
+        }
+        None
     }
 
     async fn place_on_nodes(
@@ -212,7 +251,8 @@ impl Scheduler {
         }
     }
 
-    /// Records "running" from the node's answer: the one writer of it.
+    /// Records "running" from the node's answer (the ready signal and the reconciliation only
+    /// write it for a session no placement waits on).
     async fn record_running(
         &self,
         session_id: &SessionId,
@@ -273,7 +313,7 @@ fn template_gone(request: &CreateSession, at: DateTime<Utc>) -> Session {
         memory_mb: 0,
         pids_limit: 0,
     };
-    let mut session = Session::pending(
+    let session = Session::pending(
         request.session_id.clone(),
         &request.template_id,
         "",
@@ -282,10 +322,18 @@ fn template_gone(request: &CreateSession, at: DateTime<Utc>) -> Session {
         0,
         at,
     );
+    let reason = format!("template '{}' not found", request.template_id);
+    failed(session, ErrorBody::new(ErrorCode::NotFound, reason))
+}
+
+/// `session` as first recorded when it fails before any node is asked.
+fn failed(mut session: Session, error: ErrorBody) -> Session {
+    let now = crate::store::now();
     session.status = SessionStatus::Failed;
-    session.failure_code = Some(ErrorCode::NotFound);
-    session.failure_reason = Some(format!("template '{}' not found", request.template_id));
-    session.ended_at = Some(at);
+    session.failure_code = Some(error.code);
+    session.failure_reason = Some(error.message);
+    session.updated_at = now;
+    session.ended_at = Some(now);
     session.expires_at = None;
     session
 }

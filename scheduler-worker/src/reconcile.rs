@@ -59,6 +59,10 @@ impl Scheduler {
             return;
         };
         if container.running {
+            if self.placement_may_be_waiting(&session) {
+                // Its placement is still waiting for the node's answer: it records the outcome.
+                return;
+            }
             if session.status != SessionStatus::Running {
                 // Made, but the replica that asked for it never recorded it: adopt it now.
                 let running = Change::Running {

@@ -37,8 +37,12 @@ pub struct RecorderSubscriptions {
 pub async fn subscribe(scheduler: &Arc<Scheduler>) -> anyhow::Result<RecorderSubscriptions> {
     let nats = &scheduler.nats;
     let group = subjects::scheduler_queue_group();
-    let mut registrations =
-        Responder::new(nats.clone(), Arc::clone(scheduler)).in_queue_group(group);
+    // One at a time, as they come: a node's registrations must not be recorded (and its
+    // inventory reconciled) out of order, and a fleet registering at once must not take every
+    // database connection.
+    let mut registrations = Responder::new(nats.clone(), Arc::clone(scheduler))
+        .in_queue_group(group)
+        .max_in_flight(1);
     let span = |registration: &NodeRegistration| tracing::info_span!("scheduler.record_registration", node = %registration.node_id);
     registrations
         .route(subjects::nodes_register(), span, record_registration)

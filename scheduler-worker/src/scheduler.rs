@@ -2,7 +2,6 @@
 //! its copies of templates, and the background work (container removals, probes) it must
 //! finish before it stops.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use messages::session::Session;
 use messages::template::Template;
 use messages::{NodeId, SessionId, subjects};
 use service_kit::bus::{self, BusError};
+use service_kit::recent::RecentCopies;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
@@ -33,7 +33,7 @@ pub struct Scheduler {
     /// Shared with background removals, which update it when the node answers.
     fleet: Arc<Mutex<Fleet>>,
     /// Templates as read lately, so a burst of placements does not read the same row for each.
-    templates: Mutex<HashMap<String, (Template, Instant)>>,
+    templates: RecentCopies<Template>,
     /// Work started in the background (removals, probes), waited for at shutdown.
     background: TaskTracker,
     /// When this replica last asked the fleet for its images (`discovery.rs`).
@@ -47,7 +47,7 @@ impl Scheduler {
             store,
             config,
             fleet: Arc::new(Mutex::new(fleet)),
-            templates: Mutex::new(HashMap::new()),
+            templates: RecentCopies::new(TEMPLATE_FRESHNESS),
             background: TaskTracker::new(),
             images_asked_at: Mutex::new(None),
         })
@@ -80,33 +80,23 @@ impl Scheduler {
         &self,
         id: &str,
     ) -> Result<Option<Template>, StoreError> {
-        let now = Instant::now();
-        if let Some((template, _)) = self
-            .template_copies()
-            .get(id)
-            .filter(|(_, read_at)| now.duration_since(*read_at) < TEMPLATE_FRESHNESS)
-        {
-            return Ok(Some(template.clone()));
+        if let Some(template) = self.templates.get(id) {
+            return Ok(Some(template));
         }
         let template = self.store.get_template(id).await?;
         if let Some(template) = &template {
-            self.template_copies()
-                .insert(id.to_owned(), (template.clone(), now));
+            self.templates.put(id, template.clone());
         }
         Ok(template)
     }
 
     /// Forgets this replica's copy of a template that was just changed or deleted.
     pub(crate) fn forget_template(&self, id: &str) {
-        self.template_copies().remove(id);
+        self.templates.forget(id);
     }
 
     pub(crate) fn images_asked_at(&self) -> MutexGuard<'_, Option<Instant>> {
         lock(&self.images_asked_at)
-    }
-
-    fn template_copies(&self) -> MutexGuard<'_, HashMap<String, (Template, Instant)>> {
-        lock(&self.templates)
     }
 
     /// The node view. Held only for short synchronous updates, never across an await.

@@ -4,6 +4,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod recent;
 pub mod responder;
 pub mod service;
 pub mod streams;

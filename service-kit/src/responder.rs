@@ -32,6 +32,8 @@ pub struct Responder<S> {
     nats: Client,
     state: Arc<S>,
     queue_group: Option<String>,
+    /// At most this many requests handled at once (the next waits in its subscription).
+    max_in_flight: Option<usize>,
     routes: Vec<Route<S>>,
 }
 
@@ -59,8 +61,16 @@ impl<S: Send + Sync + 'static> Responder<S> {
             nats,
             state,
             queue_group: None,
+            max_in_flight: None,
             routes: Vec::new(),
         }
+    }
+
+    /// Handles at most `count` requests at once; with 1, one after the other in the order they
+    /// came, for handlers whose writes must not race (say, one node's registrations).
+    pub fn max_in_flight(mut self, count: usize) -> Self {
+        self.max_in_flight = Some(count.max(1));
+        self
     }
 
     /// Answers in queue group `group`: each request goes to one member.
@@ -122,8 +132,10 @@ impl<S: Send + Sync + 'static> Responder<S> {
             nats,
             state,
             routes,
+            max_in_flight,
             ..
         } = self;
+        let permits = max_in_flight.map(|count| Arc::new(tokio::sync::Semaphore::new(count)));
         let mut requests = futures::stream::select_all(routes.into_iter().map(|route| {
             let serve = route.serve;
             route
@@ -139,7 +151,15 @@ impl<S: Send + Sync + 'static> Responder<S> {
                 }
                 request = requests.next() => match request {
                     Some((serve, message)) => {
-                        in_progress.spawn(serve(Arc::clone(&state), nats.clone(), message));
+                        let permit = match &permits {
+                            Some(permits) => Some(Arc::clone(permits).acquire_owned().await?),
+                            None => None,
+                        };
+                        let answer = serve(Arc::clone(&state), nats.clone(), message);
+                        in_progress.spawn(async move {
+                            answer.await;
+                            drop(permit);
+                        });
                     }
                     None => break Err(anyhow::anyhow!("the request subscriptions ended")),
                 },

@@ -1,7 +1,7 @@
 //! A typed JetStream work queue shared by every replica: each message goes to one of them, is
 //! handled while JetStream is told the work is in progress, and is acknowledged only once its
-//! handler succeeded. A failure is retried with growing pauses; a payload that can never be read
-//! is terminated at once. Both of the schedulers' consumers (session requests, execution
+//! handler succeeded. A failure is retried with growing pauses; a payload of a newer schema is
+//! handed back for a replica that reads it; one that can never be read is terminated at once. Both of the schedulers' consumers (session requests, execution
 //! results) are one of these.
 
 use std::fmt::Display;
@@ -120,7 +120,14 @@ async fn handle<T, F, Fut, E>(
     Fut: Future<Output = Result<(), E>>,
     E: Display,
 {
-    let payload: T = match bus::decode_message(&message) {
+    if let Err(error) = bus::check_schema(message.headers.as_ref()) {
+        // Written by a newer build: a replica that reads it may come (a rolling upgrade), so it
+        // is handed back rather than dropped, and offered again after the longest pause.
+        tracing::warn!(subject = %message.subject, %error, "a work item of a newer schema; handing it back");
+        ack(&message, AckKind::Nak(Some(MAX_RETRY_DELAY))).await;
+        return;
+    }
+    let payload: T = match messages::decode(&message.payload) {
         Ok(payload) => payload,
         Err(error) => {
             // Retrying cannot make it readable.

@@ -92,3 +92,78 @@ async fn a_newer_major_version_is_refused_and_the_current_one_served() {
     cancel.cancel();
     serving.await.expect("joins").expect("stops cleanly");
 }
+
+/// A work item of a newer schema is handed back, not dropped: it stays in the work queue for a
+/// replica that reads it, while items of the current schema are handled.
+#[tokio::test]
+async fn a_work_item_of_a_newer_schema_stays_queued() {
+    use async_nats::jetstream::stream::{Config, RetentionPolicy};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let server = sandbox_ops::testkit::NatsServer::start().expect("nats-server starts");
+    let nats = bus::connect(&server.url(), "queue-test")
+        .await
+        .expect("connects");
+    let jetstream = async_nats::jetstream::new(nats.clone());
+    let stream = jetstream
+        .create_stream(Config {
+            name: "TESTWORK".into(),
+            subjects: vec!["test.work".into()],
+            retention: RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    let queue: service_kit::WorkQueue<NodeUpdated> =
+        service_kit::WorkQueue::open(&stream, "workers", None, Duration::from_secs(5))
+            .await
+            .expect("consumer");
+    let handled = Arc::new(AtomicUsize::new(0));
+    let cancel = CancellationToken::new();
+    let counter = Arc::clone(&handled);
+    let serving = tokio::spawn(queue.serve(
+        cancel.clone(),
+        4,
+        |_: &NodeUpdated| tracing::info_span!("test.work"),
+        move |_update| {
+            let counter = Arc::clone(&counter);
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok::<(), String>(())
+            }
+        },
+    ));
+    for version in [SCHEMA_VERSION + 1, SCHEMA_VERSION] {
+        let payload = encode(&NodeUpdated {
+            node_id: NodeId::parse("n1").expect("valid"),
+        })
+        .expect("encodes");
+        jetstream
+            .publish_with_headers("test.work", headers(version), payload.into())
+            .await
+            .expect("publishes")
+            .await
+            .expect("stored");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while handled.load(Ordering::SeqCst) < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the current item was never handled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Give the newer one time to be (wrongly) handled or dropped.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        1,
+        "only the readable item is handled"
+    );
+    let mut stream = jetstream.get_stream("TESTWORK").await.expect("stream");
+    let info = stream.info().await.expect("stream info");
+    assert_eq!(info.state.messages, 1, "the newer item is still queued");
+
+    cancel.cancel();
+    serving.await.expect("joins").expect("stops cleanly");
+}

@@ -209,6 +209,29 @@ async fn bad_requests_change_nothing() {
     assert_eq!(status, 404);
     let (status, _) = system.delete("/api/v1/sessions/not-a-session").await;
     assert_eq!(status, 404);
+    // Each environment is within the limit, but the request's added to the template's is not.
+    let many = |prefix: &str, count: usize| -> serde_json::Map<String, serde_json::Value> {
+        (0..count)
+            .map(|index| (format!("{prefix}{index}"), json!("v")))
+            .collect()
+    };
+    let template =
+        json!({"id": "wide-env", "image": "sandbox-executor:v1.0", "env": many("T", 40)});
+    let (status, body) = system.post_json("/api/v1/templates", &template).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = system
+        .post_json(
+            "/api/v1/sessions",
+            &json!({"template_id": "wide-env", "env": many("R", 30)}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("at most 64")),
+        "{body}"
+    );
 
     let (status, page) = system.get("/api/v1/sessions").await;
     assert_eq!(status, 200);
@@ -319,7 +342,7 @@ async fn a_container_killed_from_outside_fails_its_session() {
     panic!("the killed session's container was not removed");
 }
 
-/// "running" has one writer: whichever of the node's reply and its `runtime.containers.ready`
+/// "running" is written once: whichever of the node's reply and its `runtime.containers.ready`
 /// signal arrives first, a client hears the session announced running once. And the early
 /// answer of `?wait=false` is the session as recorded: the same `created_at` and `expires_at`
 /// as every later read.
@@ -454,4 +477,57 @@ async fn a_nul_in_a_templates_env_is_refused_and_stores_nothing() {
     }
     let (status, _) = system.get("/api/v1/templates/nul-env").await;
     assert_eq!(status, 404);
+}
+
+/// A request that waited in the stream past its start deadline (no scheduler took it in time)
+/// is recorded failed with the reason when one does, and no node is asked.
+#[tokio::test]
+async fn a_request_queued_past_its_start_deadline_fails_without_a_container() {
+    require_executor_image();
+    let system = System::with_node().await;
+    let session_id = uuid::Uuid::now_v7().to_string();
+    let long_ago = chrono::Utc::now() - chrono::Duration::seconds(600);
+    system
+        .publish_create(
+            &create_request(&session_id, "python-basic", long_ago),
+            &session_id,
+        )
+        .await;
+    let session = wait_for_status(&system, &session_id, "failed").await;
+    assert_eq!(session["failure_code"], "timeout", "{session}");
+    assert!(
+        session["failure_reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("start deadline")),
+        "{session}"
+    );
+    assert_eq!(
+        session["runtime_node"],
+        serde_json::Value::Null,
+        "no node was asked"
+    );
+    assert!(containers_of_session(&session_id).await.is_empty());
+}
+
+/// The scheduler applies the contract's rules to the container a request would make, whoever
+/// sent it: a request past the gateway with too many environment variables fails at once, and
+/// no node is asked.
+#[tokio::test]
+async fn a_request_the_node_would_refuse_fails_before_placement() {
+    require_executor_image();
+    let system = System::with_node().await;
+    let session_id = uuid::Uuid::now_v7().to_string();
+    let mut request = create_request(&session_id, "python-basic", chrono::Utc::now());
+    request.env = (0..70)
+        .map(|index| (format!("V{index}"), "v".to_owned()))
+        .collect();
+    system.publish_create(&request, &session_id).await;
+    let session = wait_for_status(&system, &session_id, "failed").await;
+    assert_eq!(session["failure_code"], "invalid_request", "{session}");
+    assert_eq!(
+        session["runtime_node"],
+        serde_json::Value::Null,
+        "no node was asked"
+    );
+    assert!(containers_of_session(&session_id).await.is_empty());
 }

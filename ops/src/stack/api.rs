@@ -93,21 +93,6 @@ impl Api {
         }
         bail!("node {node_id} was not {wanted} within {within:?}; saw {seen:?}")
     }
-
-    /// Waits until at least `count` nodes are online.
-    pub async fn wait_online(&self, count: usize, within: Duration) -> anyhow::Result<()> {
-        let started = Instant::now();
-        loop {
-            let online = self.online_count().await.unwrap_or(0);
-            if online >= count {
-                return Ok(());
-            }
-            if started.elapsed() > within {
-                bail!("only {online} of {count} nodes online after {within:?}");
-            }
-            tokio::time::sleep(POLL * 10).await;
-        }
-    }
 }
 
 /// Sends `request`; its status and JSON body. An error when nothing answers or the body is not

@@ -73,7 +73,7 @@ impl Batcher {
 
     /// Returns once every write queued so far is committed (or failed): at shutdown, so the
     /// last placements' writes are in before the process ends.
-    pub(super) async fn close(&self) {
+    pub(super) async fn barrier(&self) {
         if let Err(error) = self.submit(|done| Write::Barrier { done }).await {
             tracing::warn!(%error, "the database writer stopped before its last writes");
         }

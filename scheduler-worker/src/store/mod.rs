@@ -131,11 +131,15 @@ impl Store {
         }
     }
 
-    /// Stops the SQLite writer after the writes already queued, and waits for it (bounded by
-    /// the caller). Nothing to do for PostgreSQL.
-    pub async fn close(&self) {
-        if let Pool::Sqlite { batcher, .. } = &self.pool {
-            batcher.close().await;
+    /// Waits, up to `deadline`, until every write queued so far is committed (on SQLite, where
+    /// they queue for the one writer; PostgreSQL commits each as it is made).
+    pub async fn flush_writes(&self, deadline: Duration) {
+        if let Pool::Sqlite { batcher, .. } = &self.pool
+            && tokio::time::timeout(deadline, batcher.barrier())
+                .await
+                .is_err()
+        {
+            tracing::warn!("the database's last writes did not commit by the deadline");
         }
     }
 
