@@ -187,21 +187,38 @@ impl Scheduler {
         }
     }
 
-    /// The seed's container-ready signal. A signal from a node the session is not on is a
+    /// The seed's container-ready signals, read against their sessions together (one query for
+    /// all: in a burst nearly every signal is of a session its placement records, and a read
+    /// each would cost the placements the CPU). A signal from a node the session is not on is a
     /// container left by an abandoned attempt (a node that answered too late): it is removed.
-    /// Otherwise it records "running" only for a session no placement waits on: one creating
-    /// on that node for longer than a node may take to answer (the replica that asked died).
-    pub(crate) async fn container_ready(&self, event: ContainerReady) {
-        let Some(session) = self.session_of(&event.session_id).await else {
-            return;
+    /// Otherwise it records "running" only for a session no placement waits on.
+    pub(crate) async fn containers_ready(&self, events: Vec<ContainerReady>) {
+        let ids: Vec<SessionId> = events
+            .iter()
+            .map(|event| event.session_id.clone())
+            .collect();
+        let sessions = match self.store.get_sessions(&ids).await {
+            Ok(sessions) => sessions,
+            Err(error) => {
+                tracing::warn!(signals = events.len(), %error, "could not read the sessions of ready containers");
+                return;
+            }
         };
+        for event in events {
+            if let Some(session) = sessions.get(&event.session_id) {
+                self.container_ready(event, session).await;
+            }
+        }
+    }
+
+    async fn container_ready(&self, event: ContainerReady, session: &Session) {
         if session.runtime_node.as_ref() != Some(&event.node_id) {
             tracing::warn!(session_id = %session.id, node = %event.node_id, "removing a container the session does not use");
             self.remove_in_background(event.node_id, event.session_id);
             return;
         }
         // Running already (the placement recorded it), or ended: nothing to write.
-        if session.status != Creating || self.placement_may_be_waiting(&session) {
+        if session.status != Creating || self.placement_may_be_waiting(session) {
             return;
         }
         let running = Change::Running {

@@ -23,6 +23,11 @@ use crate::store;
 /// current at once; the table is for operators' SQL, and one transaction a second costs the
 /// database the same whatever the size of the fleet.
 const HEARTBEAT_FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How long ready signals are gathered before they are read against their sessions: they
+/// matter only for a session its placement no longer waits on, which a second does not change.
+const READY_BATCH_EVERY: Duration = Duration::from_secs(1);
+/// The most ready signals gathered before they are read (one query's worth).
+const READY_BATCH_MOST: usize = 500;
 
 /// What one replica of the queue group hears: each event is recorded once.
 #[derive(Debug)]
@@ -137,17 +142,33 @@ async fn flush_heartbeats(
     }
 }
 
-/// Hands the seed's container signals (one replica of the queue group each) to the lifecycle.
+/// Hands the seed's container signals (one replica of the queue group each) to the lifecycle:
+/// an exit at once; ready signals gathered for up to [`READY_BATCH_EVERY`] (or
+/// [`READY_BATCH_MOST`] of them) and read against their sessions together.
 pub async fn record_container_events(
     scheduler: Arc<Scheduler>,
     mut ready: Subscription<ContainerReady>,
     mut exited: Subscription<ContainerExited>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut gathered: Vec<ContainerReady> = Vec::new();
+    let mut batch_due = tokio::time::interval(READY_BATCH_EVERY);
+    batch_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
-            event = ready.next() => scheduler.container_ready(event?).await,
+            () = cancel.cancelled() => {
+                scheduler.containers_ready(std::mem::take(&mut gathered)).await;
+                return Ok(());
+            }
+            event = ready.next() => {
+                gathered.push(event?);
+                if gathered.len() >= READY_BATCH_MOST {
+                    scheduler.containers_ready(std::mem::take(&mut gathered)).await;
+                }
+            }
+            _ = batch_due.tick(), if !gathered.is_empty() => {
+                scheduler.containers_ready(std::mem::take(&mut gathered)).await;
+            }
             event = exited.next() => scheduler.container_exited(event?).await,
         }
     }

@@ -2,7 +2,7 @@
 //! transitions (the state machine that decides them is `crate::lifecycle`); the queries the
 //! lifetime sweeps and the reconciliation run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use messages::api::sessions::ListSessions;
@@ -47,6 +47,10 @@ pub enum Applied {
     /// There is no such session.
     Missing,
 }
+
+/// The most ids one query of [`Store::get_sessions`] binds (SQLite takes 32,766 parameters,
+/// PostgreSQL 65,535).
+const IDS_PER_QUERY: usize = 500;
 
 /// `'a', 'b'` for an `IN (...)` list. The statuses come from the enum, never from input.
 fn status_list(statuses: &[SessionStatus]) -> String {
@@ -118,6 +122,36 @@ impl Store {
             sqlx::query_as(sql).bind(id.as_str()).fetch_optional(pool).await?
         });
         row.map(SessionRow::into_session_and_spec).transpose()
+    }
+
+    /// The sessions of `ids` that exist, by id, read in queries of at most [`IDS_PER_QUERY`]
+    /// ids each.
+    pub async fn get_sessions(
+        &self,
+        ids: &[SessionId],
+    ) -> Result<HashMap<SessionId, Session>, StoreError> {
+        let mut found = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(IDS_PER_QUERY) {
+            let placeholders = (1..=chunk.len())
+                .map(|n| format!("${n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT {} FROM sessions WHERE id IN ({placeholders})",
+                session_columns!()
+            );
+            let rows: Vec<SessionRow> = on_pool!(self, pool => {
+                let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+                for id in chunk {
+                    query = query.bind(id.as_str());
+                }
+                query.fetch_all(pool).await?
+            });
+            for session in sessions_of(rows)? {
+                found.insert(session.id.clone(), session);
+            }
+        }
+        Ok(found)
     }
 
     /// Sessions newest first, and how many match the filter in all.

@@ -156,6 +156,7 @@ store_cases! {
         sessions::a_session_is_recorded_once_whatever_the_redeliveries,
         sessions::transitions_are_guarded_by_the_current_status,
         sessions::failures_keep_their_code_and_reason,
+        sessions::sessions_are_read_by_ids_in_chunks,
         sessions::sessions_are_listed_newest_first_with_filters_and_pages,
         sessions::the_seeds_query_shows_the_newest_session,
         sessions::the_seeds_template_query_runs,

@@ -156,6 +156,23 @@ pub async fn transitions_are_guarded_by_the_current_status(store: &Store) {
     );
 }
 
+pub async fn sessions_are_read_by_ids_in_chunks(store: &Store) {
+    three_sessions(store).await;
+    let mut ids: Vec<SessionId> = ["s-1", "s-3", "missing"]
+        .into_iter()
+        .map(|id| SessionId::parse(id).expect("valid"))
+        .collect();
+    // Past one query's worth of ids, so the reads come in several queries.
+    ids.extend((0..600).map(|n| SessionId::parse(format!("absent-{n}")).expect("valid")));
+    ids.push(SessionId::parse("s-2").expect("valid"));
+    let found = store.get_sessions(&ids).await.expect("reads");
+    let mut names: Vec<&str> = found.keys().map(SessionId::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["s-1", "s-2", "s-3"]);
+    assert_eq!(found[&ids[1]].id.as_str(), "s-3");
+    assert!(store.get_sessions(&[]).await.expect("reads").is_empty());
+}
+
 pub async fn failures_keep_their_code_and_reason(store: &Store) {
     let second = inserted(store, "s-2", "other").await;
     let (failed_session, _) = store
