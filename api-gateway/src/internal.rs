@@ -22,6 +22,7 @@ use messages::node::{
     ContainerExited, ContainerReady, ExitReason, Heartbeat, NodeRegistration, NodeSelfStatus,
     RegistrationAccepted,
 };
+use messages::template::Runtime;
 use messages::{NodeId, SessionId, subjects};
 use serde::{Deserialize, Serialize};
 use service_kit::bus;
@@ -199,6 +200,8 @@ async fn register(
         heartbeat_interval_ms: body.heartbeat_interval_ms,
         started_at: Utc::now(),
         inventory: None,
+        runtimes: vec![Runtime::Runc],
+        network_refusal: None,
     };
     let subject = subjects::nodes_register().to_owned();
     let answer = bus::request(&state.nats, subject, &registration, state.request_timeout).await?;
@@ -243,6 +246,7 @@ async fn heartbeat(
         allocated_memory_mb: body.allocated_memory_mb,
         status: NodeSelfStatus::Online,
         warm_containers: 0,
+        host: None,
     };
     publish(&state, subjects::heartbeat(), &heartbeat).await?;
     Ok(accepted())

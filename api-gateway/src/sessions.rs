@@ -107,9 +107,7 @@ pub(crate) async fn create(
     let accepted = Session::pending(
         session_id.clone(),
         &body.template_id,
-        &template.definition.image_url,
-        template.definition.resources,
-        template.definition.network,
+        &template.container_spec_with(&body.env),
         body.timeout.unwrap_or(template.definition.timeout_seconds),
         requested_at,
     );
@@ -399,8 +397,10 @@ mod tests {
                 cpu_cores: 1.0,
                 memory_mb: 256,
                 pids_limit: 64,
+                ..Default::default()
             },
             network: messages::template::NetworkMode::None,
+            runtime: Default::default(),
             failure_code: None,
             failure_reason: None,
             created_at: Utc::now(),

@@ -10,7 +10,10 @@ use axum::response::{IntoResponse, Response};
 use messages::api::templates::{
     CreateTemplate, DeleteTemplate, GetTemplate, ListTemplates, UpdateTemplate,
 };
-use messages::template::{NetworkMode, Resources, Template, TemplateDefinition};
+use messages::egress::Egress;
+use messages::template::{
+    DEFAULT_DISK_MB, NetworkMode, Resources, Runtime, Template, TemplateDefinition,
+};
 use serde::{Deserialize, Serialize};
 use service_kit::bus;
 
@@ -90,6 +93,24 @@ pub(crate) struct TemplateBody {
     /// Containers each node keeps warm for this template (0: none).
     #[serde(default)]
     warm_pool_size: u32,
+    /// MiB a sandbox may write in all (`/workspace` and `/tmp`).
+    #[serde(default = "default_disk", alias = "disk")]
+    disk_mb: u64,
+    /// The CPU a sandbox is guaranteed (placement counts it); default a share of `cpu`.
+    #[serde(default, alias = "cpu_request_cores")]
+    cpu_request: Option<f64>,
+    /// The memory a sandbox is guaranteed, MiB; default a share of `memory`.
+    #[serde(default, alias = "memory_request_mb")]
+    memory_request: Option<u64>,
+    #[serde(default)]
+    runtime: Runtime,
+    /// Where a networked sandbox may connect: `{"allow": [...], "deny": [...]}`.
+    #[serde(default)]
+    egress: Egress,
+}
+
+fn default_disk() -> u64 {
+    DEFAULT_DISK_MB
 }
 
 impl TemplateBody {
@@ -104,11 +125,16 @@ impl TemplateBody {
                 cpu_cores: self.cpu,
                 memory_mb: self.memory,
                 pids_limit: self.pids,
+                disk_mb: self.disk_mb,
+                cpu_request_cores: self.cpu_request,
+                memory_request_mb: self.memory_request,
             },
             network: self.network,
             env: self.env,
             timeout_seconds: self.timeout,
             warm_pool_size: self.warm_pool_size,
+            runtime: self.runtime,
+            egress: self.egress,
         };
         definition.check().map_err(unprocessable)?;
         Ok(definition)

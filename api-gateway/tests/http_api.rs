@@ -282,11 +282,14 @@ fn template() -> Template {
                 cpu_cores: 1.0,
                 memory_mb: 512,
                 pids_limit: 128,
+                ..Resources::default()
             },
             network: NetworkMode::SandboxNetwork,
             env: Default::default(),
             timeout_seconds: 3600,
             warm_pool_size: 0,
+            runtime: Default::default(),
+            egress: Default::default(),
         },
         created_at: now,
         updated_at: now,
@@ -300,9 +303,7 @@ fn announced(id: &SessionId, status: SessionStatus) -> Session {
         ..Session::pending(
             id.clone(),
             TEMPLATE_ID,
-            "sandbox-executor:v1.0",
-            template().definition.resources,
-            NetworkMode::SandboxNetwork,
+            &template().container_spec_with(&Default::default()),
             3600,
             chrono::Utc::now(),
         )

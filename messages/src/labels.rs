@@ -9,3 +9,9 @@ pub const MANAGED_BY: &str = "io.sandbox.managed-by";
 pub const WARM_POOL: &str = "io.sandbox.warm-pool";
 /// The value of [`MANAGED_BY`].
 pub const MANAGER: &str = "sandbox-node-daemon";
+/// On a sandbox container: the key of its disk volume and egress rules (the name it was made
+/// under, which a claimed warm container no longer has), so both are released with it.
+pub const VOLUME: &str = "io.sandbox.volume";
+/// On a networked sandbox container: its egress rules as JSON, so a restarted daemon installs
+/// them again.
+pub const EGRESS: &str = "io.sandbox.egress";

@@ -22,6 +22,7 @@ pub mod request;
 
 pub mod api;
 pub mod codec;
+pub mod egress;
 pub mod execution;
 pub mod files;
 pub mod headers;

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, SessionId};
-use crate::template::ContainerSpec;
+use crate::template::{ContainerSpec, Runtime};
 
 /// On `runtime.nodes.register`: who a node is and what it can hold. Field names are the seed's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +31,30 @@ pub struct NodeRegistration {
     /// sessions it recorded (adopt, remove, or fail). `None` from agents that do not report.
     #[serde(default)]
     pub inventory: Option<ContainerInventory>,
+    /// The container runtimes the node's engine really has; older daemons offer runc only.
+    #[serde(default = "runc_only")]
+    pub runtimes: Vec<Runtime>,
+    /// Why the node takes no networked sessions (it could not install the egress rules that
+    /// must hold them); `None` when it takes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_refusal: Option<String>,
+}
+
+fn runc_only() -> Vec<Runtime> {
+    vec![Runtime::Runc]
+}
+
+/// What a node's sandboxes may use at most, and what its host really has free: the figures
+/// beside the guarantees (`allocated_*`) that placement counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostFigures {
+    /// The sums of the limits of the sandboxes it holds.
+    pub limit_cpu_cores: f64,
+    pub limit_memory_mb: u64,
+    /// The host's free memory (`MemAvailable`), what the node admits sessions against.
+    pub memory_available_mb: u64,
+    /// Free space where the sandboxes' disks are made.
+    pub disk_available_mb: u64,
 }
 
 /// The containers a node daemon found labelled as its own, and when it listed them.
@@ -117,8 +141,16 @@ pub struct NodeInfo {
     pub total_memory_mb: u64,
     pub max_containers: u32,
     pub running_containers: u32,
+    /// The sums of what its sandboxes are guaranteed (their requests).
     pub allocated_cpu_cores: f64,
     pub allocated_memory_mb: u64,
+    /// Their limits and the host's real free memory and disk, from its last heartbeat.
+    #[serde(default)]
+    pub host: Option<HostFigures>,
+    #[serde(default = "runc_only")]
+    pub runtimes: Vec<Runtime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_refusal: Option<String>,
     pub cached_images: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub daemon_version: String,
@@ -141,12 +173,16 @@ pub struct Heartbeat {
     /// Counts up from 1 at each daemon start; a reset tells a scheduler the daemon restarted.
     pub sequence: u64,
     pub running_containers: u32,
+    /// The sums of what its sandboxes are guaranteed (their requests).
     pub allocated_cpu_cores: f64,
     pub allocated_memory_mb: u64,
     pub status: NodeSelfStatus,
     /// Of `running_containers`, how many wait in warm pools, unclaimed.
     #[serde(default)]
     pub warm_containers: u32,
+    /// Limits and real free memory and disk; `None` from older daemons.
+    #[serde(default)]
+    pub host: Option<HostFigures>,
 }
 
 /// A node's allocations right after it handled a command, so the scheduler that asked can count

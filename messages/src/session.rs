@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, SessionId};
 use crate::reply::ErrorCode;
-use crate::template::{NetworkMode, Resources};
+use crate::template::{ContainerSpec, NetworkMode, Resources, Runtime};
 
 /// The seed's reason when nothing can take a session.
 pub const NO_HEALTHY_NODES: &str = "No healthy runtime nodes available";
@@ -56,6 +56,8 @@ pub struct Session {
     pub image: String,
     pub resources: Resources,
     pub network: NetworkMode,
+    #[serde(default)]
+    pub runtime: Runtime,
     pub failure_code: Option<ErrorCode>,
     pub failure_reason: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -73,13 +75,11 @@ pub struct Session {
 impl Session {
     /// A session as first recorded: accepted at `at` (the moment the gateway took the request,
     /// so the gateway's early answer and every later read agree), with its container's image,
-    /// limits and network, no node yet.
+    /// limits, network and runtime (from `spec`), no node yet.
     pub fn pending(
         id: SessionId,
         template_id: &str,
-        image: &str,
-        resources: Resources,
-        network: NetworkMode,
+        spec: &ContainerSpec,
         timeout_seconds: u64,
         at: DateTime<Utc>,
     ) -> Self {
@@ -89,9 +89,10 @@ impl Session {
             status: SessionStatus::Pending,
             runtime_node: None,
             container_id: None,
-            image: image.to_owned(),
-            resources,
-            network,
+            image: spec.image.clone(),
+            resources: spec.resources,
+            network: spec.network,
+            runtime: spec.runtime,
             failure_code: None,
             failure_reason: None,
             created_at: at,

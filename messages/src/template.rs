@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::egress::Egress;
 use crate::limits;
 
 wire_enum! {
@@ -19,20 +20,123 @@ wire_enum! {
     }
 }
 
-/// The limits a sandbox runs under.
+wire_enum! {
+    /// The container runtime a sandbox runs under.
+    #[derive(Default)]
+    pub enum Runtime ("runtime") {
+        /// Docker's default runtime: namespaces and cgroups on the host's kernel.
+        #[default]
+        Runc = "runc",
+        /// gVisor's `runsc`: the sandbox's system calls meet a user-space kernel, not the host's.
+        Gvisor = "gvisor",
+        /// A runtime named by a newer writer; refused by every check.
+        #[serde(other)]
+        Unknown = "unknown",
+    }
+}
+
+/// The disk a sandbox may fill when its template does not say: 2 GiB.
+pub const DEFAULT_DISK_MB: u64 = 2048;
+/// The most disk one sandbox may ask for: 1 TiB.
+pub const MAX_DISK_MB: u64 = 1024 * 1024;
+/// The least disk: an ext4 file system smaller than this cannot be made.
+pub const MIN_DISK_MB: u64 = 16;
+/// Without a CPU request a sandbox is guaranteed this share of its CPU limit: mostly idle agent
+/// sandboxes use next to none, and the kernel still shares CPU fairly by these weights.
+pub const DEFAULT_CPU_REQUEST_DIVISOR: f64 = 64.0;
+/// Without a memory request a sandbox is guaranteed this share of its memory limit (an idle
+/// Python sandbox uses about 20 MB of a 512 MB limit); the node also checks real free memory.
+pub const DEFAULT_MEMORY_REQUEST_DIVISOR: u64 = 8;
+/// The smallest guarantee counted: a thousandth of a core, one MiB.
+const MIN_CPU_REQUEST_CORES: f64 = 0.001;
+
+fn default_disk_mb() -> u64 {
+    DEFAULT_DISK_MB
+}
+
+/// What a sandbox runs under. `cpu_cores` and `memory_mb` are limits (the engine's ceilings);
+/// placement and admission count the requests, what the sandbox is guaranteed (Kubernetes'
+/// requests and limits), so mostly idle sandboxes can share a host.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Resources {
     pub cpu_cores: f64,
     pub memory_mb: u64,
     pub pids_limit: u32,
+    /// What the sandbox may write in all, in `/workspace` and `/tmp` together.
+    #[serde(default = "default_disk_mb")]
+    pub disk_mb: u64,
+    /// The CPU it is guaranteed; absent, its limit over [`DEFAULT_CPU_REQUEST_DIVISOR`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_request_cores: Option<f64>,
+    /// The memory it is guaranteed; absent, its limit over [`DEFAULT_MEMORY_REQUEST_DIVISOR`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_request_mb: Option<u64>,
+}
+
+/// The seed's `python-basic` limits.
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            cpu_cores: 1.0,
+            memory_mb: 512,
+            pids_limit: 256,
+            disk_mb: DEFAULT_DISK_MB,
+            cpu_request_cores: None,
+            memory_request_mb: None,
+        }
+    }
+}
+
+/// What a sandbox is guaranteed: the figures placement and admission add up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Guarantee {
+    pub cpu_cores: f64,
+    pub memory_mb: u64,
 }
 
 impl Resources {
+    /// The requests, or the default shares of the limits where none is given.
+    pub fn guarantee(&self) -> Guarantee {
+        Guarantee {
+            cpu_cores: self.cpu_request_cores.unwrap_or_else(|| {
+                (self.cpu_cores / DEFAULT_CPU_REQUEST_DIVISOR).max(MIN_CPU_REQUEST_CORES)
+            }),
+            memory_mb: self
+                .memory_request_mb
+                .unwrap_or((self.memory_mb / DEFAULT_MEMORY_REQUEST_DIVISOR).max(1)),
+        }
+    }
+
     /// Checks limits asked of a node; `what` names them in the message.
     pub fn check(&self, what: &str) -> Result<(), String> {
         limits::check_capacity(what, self.cpu_cores, self.memory_mb)?;
         if self.pids_limit == 0 {
             return Err("pids must be more than 0".to_owned());
+        }
+        if !(MIN_DISK_MB..=MAX_DISK_MB).contains(&self.disk_mb) {
+            return Err(format!(
+                "disk_mb must be between {MIN_DISK_MB} and {MAX_DISK_MB}, not {}",
+                self.disk_mb
+            ));
+        }
+        if let Some(request) = self.cpu_request_cores
+            && !(request.is_finite()
+                && request >= MIN_CPU_REQUEST_CORES
+                && request <= self.cpu_cores)
+        {
+            return Err(format!(
+                "cpu_request_cores must be between {MIN_CPU_REQUEST_CORES} and the cpu limit \
+                 ({}), not {request}",
+                self.cpu_cores
+            ));
+        }
+        if let Some(request) = self.memory_request_mb
+            && !(1..=self.memory_mb).contains(&request)
+        {
+            return Err(format!(
+                "memory_request_mb must be between 1 and the memory limit ({}), not {request}",
+                self.memory_mb
+            ));
         }
         Ok(())
     }
@@ -48,6 +152,11 @@ pub struct ContainerSpec {
     pub network: NetworkMode,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub runtime: Runtime,
+    /// Where a networked sandbox may connect; see [`crate::egress`].
+    #[serde(default, skip_serializing_if = "Egress::is_empty")]
+    pub egress: Egress,
 }
 
 impl ContainerSpec {
@@ -55,6 +164,8 @@ impl ContainerSpec {
     pub fn check(&self) -> Result<(), String> {
         limits::check_image(&self.image)?;
         self.resources.check("the container's")?;
+        check_runtime(self.runtime)?;
+        self.egress.check()?;
         limits::check_env(&self.env)
     }
 }
@@ -76,6 +187,19 @@ pub struct TemplateDefinition {
     /// a session instead of starting one.
     #[serde(default)]
     pub warm_pool_size: u32,
+    #[serde(default)]
+    pub runtime: Runtime,
+    /// Where its sandboxes may connect, for a networked template; see [`crate::egress`].
+    #[serde(default, skip_serializing_if = "Egress::is_empty")]
+    pub egress: Egress,
+}
+
+/// A runtime this version knows.
+fn check_runtime(runtime: Runtime) -> Result<(), String> {
+    if runtime == Runtime::Unknown {
+        return Err("runtime must be \"runc\" or \"gvisor\"".to_owned());
+    }
+    Ok(())
 }
 
 impl TemplateDefinition {
@@ -86,6 +210,11 @@ impl TemplateDefinition {
         limits::check_text("name", &self.name, limits::MAX_NAME_CHARS)?;
         limits::check_image(&self.image_url)?;
         self.resources.check("the template's")?;
+        check_runtime(self.runtime)?;
+        self.egress.check()?;
+        if !self.egress.is_empty() && self.network == NetworkMode::None {
+            return Err("egress rules need network \"sandbox_network\"".to_owned());
+        }
         limits::check_session_timeout(self.timeout_seconds)?;
         if self.warm_pool_size > limits::MAX_WARM_POOL_SIZE {
             return Err(format!(
@@ -128,6 +257,8 @@ impl Template {
             resources: definition.resources,
             network: definition.network,
             env,
+            runtime: definition.runtime,
+            egress: definition.egress.clone(),
         }
     }
 }
@@ -142,15 +273,13 @@ mod tests {
             name: "Python".into(),
             description: String::new(),
             image_url: "sandbox-executor:v1.0".into(),
-            resources: Resources {
-                cpu_cores: 1.0,
-                memory_mb: 512,
-                pids_limit: 256,
-            },
+            resources: Resources::default(),
             network: NetworkMode::None,
             env: BTreeMap::from([("LANG".into(), "C.UTF-8".into()), ("A".into(), "1".into())]),
             timeout_seconds: 300,
             warm_pool_size: 0,
+            runtime: Runtime::Runc,
+            egress: Egress::default(),
         }
     }
 
@@ -175,5 +304,64 @@ mod tests {
         bad.env.insert("X".into(), "a\0b".into());
         assert!(bad.check().is_err_and(|error| error.contains("NUL")));
         assert!(definition().check().is_ok());
+    }
+
+    #[test]
+    fn guarantees_default_to_shares_of_the_limits() {
+        let resources = Resources::default();
+        let guarantee = resources.guarantee();
+        assert_eq!(guarantee.memory_mb, 64);
+        assert!((guarantee.cpu_cores - 1.0 / 64.0).abs() < 1e-12);
+        let asked = Resources {
+            cpu_request_cores: Some(0.25),
+            memory_request_mb: Some(100),
+            ..resources
+        };
+        assert_eq!(asked.guarantee().memory_mb, 100);
+        assert!(asked.check("the").is_ok());
+        for bad in [
+            Resources {
+                cpu_request_cores: Some(2.0),
+                ..resources
+            },
+            Resources {
+                cpu_request_cores: Some(f64::NAN),
+                ..resources
+            },
+            Resources {
+                memory_request_mb: Some(0),
+                ..resources
+            },
+            Resources {
+                memory_request_mb: Some(513),
+                ..resources
+            },
+            Resources {
+                disk_mb: 1,
+                ..resources
+            },
+        ] {
+            assert!(bad.check("the").is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_runtimes_and_egress_without_a_network_are_refused() {
+        let json = serde_json::json!({"id": "t", "name": "T", "image_url": "img:1",
+            "resources": {"cpu_cores": 1.0, "memory_mb": 256, "pids_limit": 64},
+            "network": "none", "timeout_seconds": 60, "runtime": "kata"});
+        let parsed: TemplateDefinition = serde_json::from_value(json).expect("parses");
+        assert_eq!(parsed.runtime, Runtime::Unknown);
+        assert_eq!(parsed.resources.disk_mb, DEFAULT_DISK_MB);
+        assert!(parsed.check().is_err_and(|error| error.contains("runtime")));
+        let mut networkless = definition();
+        networkless.egress.deny.push("198.18.0.1".into());
+        assert!(
+            networkless
+                .check()
+                .is_err_and(|error| error.contains("egress"))
+        );
+        networkless.network = NetworkMode::SandboxNetwork;
+        assert!(networkless.check().is_ok());
     }
 }

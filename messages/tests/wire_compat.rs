@@ -15,6 +15,7 @@ use messages::api::templates::{
     CreateTemplate, DeleteTemplate, GetTemplate, ListTemplates, TemplateUpdated, UpdateTemplate,
 };
 use messages::api::{PageInfo, PageRequest};
+use messages::egress::Egress;
 use messages::execution::{
     Execution, ExecutionOutput, ExecutionResult, ExecutionStarted, ExecutionStatus, Language,
     OutputStream, RunExecution,
@@ -25,12 +26,14 @@ use messages::files::{
 };
 use messages::node::{
     ContainerCreated, ContainerExited, ContainerInventory, ContainerReady, ContainerRemoved,
-    CreateContainer, DiscoverNodes, ExitReason, Heartbeat, NodeHealth, NodeInfo, NodeRegistration,
-    NodeSelfStatus, NodeUpdated, NodeUsage, RegistrationAccepted, RemoveContainer,
-    ReportedContainer,
+    CreateContainer, DiscoverNodes, ExitReason, Heartbeat, HostFigures, NodeHealth, NodeInfo,
+    NodeRegistration, NodeSelfStatus, NodeUpdated, NodeUsage, RegistrationAccepted,
+    RemoveContainer, ReportedContainer,
 };
 use messages::session::{CreateSession, Session, SessionStatus};
-use messages::template::{ContainerSpec, NetworkMode, Resources, Template, TemplateDefinition};
+use messages::template::{
+    ContainerSpec, NetworkMode, Resources, Runtime, Template, TemplateDefinition,
+};
 use messages::{ErrorBody, ErrorCode, ExecutionId, NodeId, Reply, SessionId, decode, encode};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
@@ -63,6 +66,16 @@ fn resources() -> Resources {
         cpu_cores: 0.5,
         memory_mb: 256,
         pids_limit: 128,
+        disk_mb: 512,
+        cpu_request_cores: Some(0.05),
+        memory_request_mb: Some(64),
+    }
+}
+
+fn egress() -> Egress {
+    Egress {
+        allow: vec!["pypi.org".into(), "198.18.0.0/15".into()],
+        deny: vec!["198.18.1.1".into()],
     }
 }
 
@@ -76,6 +89,7 @@ fn session() -> Session {
         image: "sandbox-executor:v1.0".into(),
         resources: resources(),
         network: NetworkMode::SandboxNetwork,
+        runtime: Runtime::Gvisor,
         failure_code: None,
         failure_reason: None,
         created_at: at(),
@@ -98,6 +112,8 @@ fn definition() -> TemplateDefinition {
         env: BTreeMap::from([("LANG".into(), "C.UTF-8".into())]),
         timeout_seconds: 300,
         warm_pool_size: 2,
+        runtime: Runtime::Gvisor,
+        egress: Egress::default(),
     }
 }
 
@@ -123,6 +139,9 @@ fn node_info() -> NodeInfo {
         running_containers: 1,
         allocated_cpu_cores: 0.5,
         allocated_memory_mb: 256,
+        host: Some(host_figures()),
+        runtimes: vec![Runtime::Runc, Runtime::Gvisor],
+        network_refusal: Some("iptables is missing".into()),
         cached_images: vec!["sandbox-executor:v1.0".into()],
         labels: BTreeMap::new(),
         daemon_version: "0.1.0".into(),
@@ -188,6 +207,15 @@ fn file_entry() -> FileEntry {
     }
 }
 
+fn host_figures() -> HostFigures {
+    HostFigures {
+        limit_cpu_cores: 4.0,
+        limit_memory_mb: 2048,
+        memory_available_mb: 20000,
+        disk_available_mb: 50000,
+    }
+}
+
 fn registration() -> NodeRegistration {
     NodeRegistration {
         node_id: node(),
@@ -213,6 +241,8 @@ fn registration() -> NodeRegistration {
                 oom_killed: true,
             }],
         }),
+        runtimes: vec![Runtime::Runc, Runtime::Gvisor],
+        network_refusal: None,
     }
 }
 
@@ -305,6 +335,8 @@ fn every_payload_round_trips() {
         env: BTreeMap::new(),
         timeout_seconds: 60,
         warm_pool_size: 1,
+        runtime: Runtime::Runc,
+        egress: egress(),
     };
     round_trips(CreateTemplate {
         definition: definition.clone(),
@@ -326,6 +358,7 @@ fn every_payload_round_trips() {
         allocated_memory_mb: 768,
         status: NodeSelfStatus::Online,
         warm_containers: 1,
+        host: Some(host_figures()),
     });
     round_trips(DiscoverNodes {
         node_id: Some(node()),
@@ -353,6 +386,8 @@ fn every_payload_round_trips() {
             resources: resources(),
             network: NetworkMode::SandboxNetwork,
             env: BTreeMap::from([("A".into(), "1".into())]),
+            runtime: Runtime::Gvisor,
+            egress: egress(),
         },
     });
     round_trips(Reply::Ok(ContainerCreated {
@@ -528,6 +563,7 @@ fn unknown_enum_values_from_a_newer_writer_decode_as_unknown() {
         allocated_memory_mb: 0,
         status: NodeSelfStatus::Online,
         warm_containers: 0,
+        host: None,
     })
     .expect("to json");
     json["status"] = "hibernating".into();

@@ -7,9 +7,10 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt as _;
 use messages::node::{
-    ContainerInventory, DiscoverNodes, Heartbeat, NodeRegistration, NodeSelfStatus,
+    ContainerInventory, DiscoverNodes, Heartbeat, HostFigures, NodeRegistration, NodeSelfStatus,
     RegistrationAccepted, ReportedContainer,
 };
+use messages::template::Runtime;
 use messages::{NodeId, subjects};
 use service_kit::Subscription;
 use service_kit::bus::{self, BusError};
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
 use crate::docker::{ContainerFacts, HostResources};
+use crate::host;
 use crate::ledger::Ledger;
 use crate::node::Node;
 
@@ -29,20 +31,27 @@ const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// schedulers ask for the nodes when they start.
 const REGISTRATION_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The registration this node announces, from its configuration and what the host offers.
+/// The registration this node announces, from its configuration and what the host offers:
+/// its runtimes, and why it takes no networked sessions if it cannot hold them.
 pub(crate) fn registration(
     config: &Config,
     offered: HostResources,
     cached_images: Vec<String>,
+    runtimes: Vec<Runtime>,
+    network_refusal: Option<String>,
 ) -> NodeRegistration {
-    registration_as(
-        config,
-        config.node_id.clone(),
-        RUNTIME_TYPE,
-        format!("unix://{}", config.docker_socket),
-        offered,
-        cached_images,
-    )
+    NodeRegistration {
+        runtimes,
+        network_refusal,
+        ..registration_as(
+            config,
+            config.node_id.clone(),
+            RUNTIME_TYPE,
+            format!("unix://{}", config.docker_socket),
+            offered,
+            cached_images,
+        )
+    }
 }
 
 /// The registration of `node_id` with this configuration's labels, interval and address: the
@@ -74,6 +83,8 @@ pub(crate) fn registration_as(
             .unwrap_or(u64::MAX),
         started_at: Utc::now(),
         inventory: None,
+        runtimes: vec![Runtime::Runc],
+        network_refusal: None,
     }
 }
 
@@ -260,7 +271,12 @@ pub(crate) async fn heartbeat(node: Arc<Node>, cancel: CancellationToken) -> any
 
 #[tracing::instrument(name = "node.heartbeat", skip(node), fields(sequence))]
 async fn send_heartbeat(node: &Node, status: NodeSelfStatus) {
-    let heartbeat = heartbeat_message(&node.id, &mut node.ledger(), status);
+    // Read before the ledger's lock is taken: reading the host's figures is a file read each.
+    let free = HostFree {
+        memory_mb: host::memory_available_mb().unwrap_or(0),
+        disk_mb: host::disk_available_mb(node.volumes.root()).unwrap_or(0),
+    };
+    let heartbeat = heartbeat_message(&node.id, &mut node.ledger(), status, Some(free));
     let sequence = heartbeat.sequence;
     tracing::Span::current().record("sequence", sequence);
     if let Err(error) = bus::publish(&node.nats, subjects::heartbeat(), &heartbeat).await {
@@ -268,15 +284,30 @@ async fn send_heartbeat(node: &Node, status: NodeSelfStatus) {
     }
 }
 
-/// The next heartbeat of `node_id`, numbered and filled from its ledger.
+/// The host's real free memory and disk, in MiB.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HostFree {
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+}
+
+/// The next heartbeat of `node_id`, numbered and filled from its ledger and, when known, what
+/// its host has free.
 pub(crate) fn heartbeat_message(
     node_id: &NodeId,
     ledger: &mut Ledger,
     status: NodeSelfStatus,
+    free: Option<HostFree>,
 ) -> Heartbeat {
     // Stamped before the figures are read, so they are at least as new as the timestamp says.
     let timestamp = Utc::now();
     let (sequence, usage) = ledger.next_heartbeat();
+    let host = free.map(|free| HostFigures {
+        limit_cpu_cores: usage.limit_cpu_cores(),
+        limit_memory_mb: usage.limit_memory_mb,
+        memory_available_mb: free.memory_mb,
+        disk_available_mb: free.disk_mb,
+    });
     Heartbeat {
         node_id: node_id.clone(),
         timestamp,
@@ -286,5 +317,6 @@ pub(crate) fn heartbeat_message(
         allocated_memory_mb: usage.memory_mb,
         status,
         warm_containers: usage.warm,
+        host,
     }
 }

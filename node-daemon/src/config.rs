@@ -1,7 +1,8 @@
 //! The daemon's configuration, from flags or `NODE_DAEMON_*` environment variables.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use messages::NodeId;
@@ -48,9 +49,45 @@ pub struct Config {
     #[arg(long, env = "NODE_DAEMON_NETWORK", default_value = "sandbox_network")]
     pub network: String,
 
-    /// The most sandbox containers this node runs at once.
-    #[arg(long, env = "NODE_DAEMON_MAX_CONTAINERS", default_value_t = 100)]
+    /// The most sandbox containers this node runs at once. What they are guaranteed (their CPU
+    /// and memory requests) must fit the node too, and their memory the host's free memory.
+    #[arg(long, env = "NODE_DAEMON_MAX_CONTAINERS", default_value_t = 256)]
     pub max_containers: u32,
+
+    /// Host memory kept free beside the sandboxes, in MiB: a session whose guarantee would eat
+    /// into it is refused (the host's real free memory, `MemAvailable`, is checked).
+    #[arg(long, env = "NODE_DAEMON_MEMORY_RESERVE_MB", default_value_t = 1024)]
+    pub memory_reserve_mb: u64,
+
+    /// Where the daemon keeps the sandboxes' disk images (`volumes/`).
+    #[arg(
+        long,
+        env = "NODE_DAEMON_STATE_DIR",
+        default_value = "/var/lib/sandbox-node"
+    )]
+    pub state_dir: PathBuf,
+
+    /// The Docker engine's runtime for gVisor sandboxes without a network (registered by
+    /// ops/install-deps.sh); gVisor is offered only if the engine has it.
+    #[arg(
+        long,
+        env = "NODE_DAEMON_GVISOR_RUNTIME",
+        default_value = "sandbox-gvisor"
+    )]
+    pub gvisor_runtime: String,
+
+    /// The Docker engine's runtime for gVisor sandboxes on `sandbox_network`.
+    #[arg(
+        long,
+        env = "NODE_DAEMON_GVISOR_NETWORKED_RUNTIME",
+        default_value = "sandbox-gvisor-net"
+    )]
+    pub gvisor_networked_runtime: String,
+
+    /// The DNS servers the egress rules' domain names are resolved with, as `ip:port,...`
+    /// (default: the host's /etc/resolv.conf).
+    #[arg(long, env = "NODE_DAEMON_EGRESS_NAMESERVERS", value_delimiter = ',')]
+    pub egress_nameservers: Vec<SocketAddr>,
 
     /// CPU cores offered to sandboxes (default: what the Docker engine reports).
     #[arg(long, env = "NODE_DAEMON_CPU_CORES")]
@@ -123,6 +160,8 @@ pub enum ConfigError {
     NetworkName(String),
     #[error("max_containers must be more than zero")]
     ZeroMaxContainers,
+    #[error("state_dir must be an absolute path, not {0:?}")]
+    StateDir(PathBuf),
     #[error("cpu_cores must be a number more than zero, not {0}")]
     CpuCores(f64),
     #[error("memory_mb must be more than zero")]
@@ -164,6 +203,9 @@ impl Config {
         }
         if self.max_containers == 0 {
             return Err(ConfigError::ZeroMaxContainers);
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(ConfigError::StateDir(self.state_dir.clone()));
         }
         if let Some(cores) = self.cpu_cores
             && !(cores.is_finite() && cores > 0.0)
@@ -305,7 +347,10 @@ mod tests {
         assert_eq!(config.docker_socket, "/var/run/docker.sock");
         assert_eq!(config.heartbeat_interval, Duration::from_secs(5));
         assert_eq!(config.network, "sandbox_network");
-        assert_eq!(config.max_containers, 100);
+        assert_eq!(config.max_containers, 256);
+        assert_eq!(config.memory_reserve_mb, 1024);
+        assert_eq!(config.state_dir, PathBuf::from("/var/lib/sandbox-node"));
+        assert!(config.egress_nameservers.is_empty());
         assert_eq!(config.cpu_cores, None);
         assert_eq!(config.memory_mb, None);
         assert_eq!(config.advertise_ip, None);
@@ -354,6 +399,10 @@ mod tests {
         assert_eq!(
             parse(&["--network", "a/b"]),
             Err(ConfigError::NetworkName("a/b".to_owned()))
+        );
+        assert_eq!(
+            parse(&["--state-dir", "state"]),
+            Err(ConfigError::StateDir(PathBuf::from("state")))
         );
         assert_eq!(
             parse(&["--docker-socket", "docker.sock"]),

@@ -6,11 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use messages::template::ContainerSpec;
+use messages::egress::EgressRules;
+use messages::template::{ContainerSpec, NetworkMode};
 use messages::{ErrorBody, ErrorCode, SessionId};
 
 use crate::agent::AgentChannel;
 use crate::docker::{ContainerFacts, SandboxContainer};
+use crate::egress::EgressFirewall;
 use crate::ledger::{Admission, Demand};
 use crate::node::Node;
 
@@ -33,47 +35,149 @@ pub(crate) fn check_spec(spec: &ContainerSpec) -> Result<(), ErrorBody> {
 }
 
 /// Admits, creates and starts the container of `spec` for `session_id` (a pool id when
-/// `warm_pool` names the template it is kept warm for); once it runs, the ledger holds it for
-/// its session, or as warm. `Ok(None)`: another create took the container's name first.
+/// `warm_pool` names the template it is kept warm for), on its own disk and, if networked,
+/// behind its egress rules; once it runs, the ledger holds it for its session, or as warm.
+/// `Ok(None)`: another create took the container's name first.
 pub(crate) async fn make(
     node: &Node,
     session_id: &SessionId,
     spec: &ContainerSpec,
     warm_pool: Option<&str>,
 ) -> Result<Option<String>, ErrorBody> {
+    let engine_runtime = node
+        .runtimes
+        .engine_runtime(spec.runtime, spec.network, &node.id)?;
+    let egress = egress_for(node, spec)?;
+    let demand = Demand::of(&spec.resources);
+    let reservation = Reservation::admit(node, session_id, demand)?;
+    // The key of the disk and the rules: the name made under, which a claim later changes.
+    let key = session_id.container_name();
+    let volume = node
+        .volumes
+        .create(&key, spec.resources.disk_mb)
+        .await
+        .map_err(|error| ErrorBody::new(ErrorCode::RuntimeError, error.to_string()))?;
     let sandbox = SandboxContainer {
         session_id,
         node_id: &node.id,
         spec,
         sandbox_network: &node.sandbox_network,
         warm_pool,
+        volume: &volume,
+        engine_runtime,
     };
-    let demand = Demand::of(&spec.resources);
-    let reservation = Reservation::admit(node, session_id, demand)?;
     // No separate look for the image first: the create itself says when it is missing.
     let container_id = match node.docker.create_sandbox(&sandbox).await {
         Ok(container_id) => container_id,
+        // The disk is the other create's.
         Err(error) if error.is_conflict() => return Ok(None),
-        Err(error) if error.is_no_such_image() => {
-            return Err(ErrorBody::new(
-                ErrorCode::NotFound,
-                format!(
-                    "image {} is not on node {} (images are never pulled)",
-                    spec.image, node.id
-                ),
-            ));
+        Err(error) => {
+            release_volume(node, &key).await;
+            if error.is_no_such_image() {
+                return Err(ErrorBody::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "image {} is not on node {} (images are never pulled)",
+                        spec.image, node.id
+                    ),
+                ));
+            }
+            return Err(error.into());
         }
-        Err(error) => return Err(error.into()),
     };
-    if let Err(error) = start_and_confirm(node, &container_id).await {
+    let started = match start_and_confirm(node, &container_id).await {
+        Ok(()) => match egress {
+            Some((firewall, rules)) => {
+                open_egress(node, firewall, &key, &container_id, &rules).await
+            }
+            None => Ok(()),
+        },
+        Err(error) => Err(error),
+    };
+    if let Err(error) = started {
         // A container that cannot run is removed, so that a retry starts afresh.
         if let Err(cleanup) = node.docker.remove(&container_id).await {
             tracing::warn!(error = %cleanup, "removing a container that failed to start");
         }
+        release_volume(node, &key).await;
         return Err(error);
     }
     reservation.settle(&container_id, demand, warm_pool.is_some());
     Ok(Some(container_id))
+}
+
+/// For a networked spec: the firewall that must hold it, and its parsed rules. A node whose
+/// rules could not be installed takes no networked session (it fails closed) and says why.
+fn egress_for<'a>(
+    node: &'a Node,
+    spec: &ContainerSpec,
+) -> Result<Option<(&'a EgressFirewall, EgressRules)>, ErrorBody> {
+    if spec.network != NetworkMode::SandboxNetwork {
+        return Ok(None);
+    }
+    let rules = spec.egress.rules().map_err(ErrorBody::invalid)?;
+    let firewall = node.egress.as_ref().map_err(|reason| {
+        ErrorBody::new(
+            ErrorCode::Capacity,
+            format!("node {} takes no networked sessions: {reason}", node.id),
+        )
+    })?;
+    Ok(Some((firewall, rules)))
+}
+
+/// Installs the rules of the running container `container_id` for its address.
+async fn open_egress(
+    node: &Node,
+    firewall: &EgressFirewall,
+    key: &str,
+    container_id: &str,
+    rules: &EgressRules,
+) -> Result<(), ErrorBody> {
+    let address = node
+        .docker
+        .inspect(container_id)
+        .await?
+        .and_then(|facts| facts.ip_address)
+        .ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::RuntimeError,
+                format!(
+                    "container {container_id} has no address on {}",
+                    node.sandbox_network
+                ),
+            )
+        })?;
+    firewall
+        .open(key, address, rules)
+        .await
+        .map_err(|error| ErrorBody::new(ErrorCode::RuntimeError, error.to_string()))
+}
+
+/// Installs again the rules of a running networked container found on the engine (after a
+/// daemon restart, or a stopped container started again).
+pub(crate) async fn reopen_egress(
+    node: &Node,
+    container: &ContainerFacts,
+) -> Result<(), ErrorBody> {
+    let (Some(egress), Some(key)) = (&container.egress, &container.volume_key) else {
+        return Ok(());
+    };
+    let firewall = node.egress.as_ref().map_err(|reason| {
+        ErrorBody::new(
+            ErrorCode::Capacity,
+            format!("node {} takes no networked sessions: {reason}", node.id),
+        )
+    })?;
+    let rules = egress.rules().map_err(ErrorBody::invalid)?;
+    open_egress(node, firewall, key, &container.id, &rules).await
+}
+
+/// Lets go of a disk whose container never came to be (or is gone); a failure is logged, and
+/// the next start's sweep finds it.
+pub(crate) async fn release_volume(node: &Node, key: &str) {
+    if let Err(error) = node.volumes.release(key).await {
+        tracing::warn!(%error, key, "releasing a sandbox volume failed");
+    }
 }
 
 /// Docker reserves a name before the container holding it can be inspected, so after a name
@@ -113,6 +217,9 @@ pub(crate) async fn run_existing(
     } else {
         let reservation = Reservation::admit(node, session_id, existing.demand)?;
         start_and_confirm(node, &existing.id).await?;
+        if let Some(restarted) = node.docker.inspect(&existing.id).await? {
+            reopen_egress(node, &restarted).await?;
+        }
         reservation.settle(&existing.id, existing.demand, false);
     }
     Ok(existing.id)
@@ -202,9 +309,14 @@ struct Reservation<'a> {
 
 impl<'a> Reservation<'a> {
     fn admit(node: &'a Node, session_id: &'a SessionId, demand: Demand) -> Result<Self, ErrorBody> {
-        let admission = node.ledger().admit(session_id, demand).map_err(|refusal| {
-            ErrorBody::new(ErrorCode::Capacity, format!("node {}: {refusal}", node.id))
-        })?;
+        // Read before the ledger's lock is taken.
+        let host = node.host_memory();
+        let admission = node
+            .ledger()
+            .admit(session_id, demand, host)
+            .map_err(|refusal| {
+                ErrorBody::new(ErrorCode::Capacity, format!("node {}: {refusal}", node.id))
+            })?;
         Ok(Self {
             node,
             session_id,

@@ -8,7 +8,7 @@ use bollard::container::AttachContainerResults;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, EventMessage, HostConfig, HostConfigLogConfig,
-    NetworkCreateRequest,
+    Mount, MountBindOptions, MountType, NetworkCreateRequest, ResourcesUlimits,
 };
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder,
@@ -16,10 +16,12 @@ use bollard::query_parameters::{
     RenameContainerOptionsBuilder,
 };
 use futures::{Stream, StreamExt as _};
+use messages::egress::Egress;
 use messages::template::{ContainerSpec, NetworkMode};
 use messages::{ErrorBody, ErrorCode, NodeId, SessionId, labels};
 
-use crate::ledger::Demand;
+use crate::ledger::{Demand, millicores};
+use crate::volumes::VolumePaths;
 
 /// Seconds bollard waits for the engine to answer a request (not for a stream to end).
 const REQUEST_TIMEOUT_SECS: u64 = 120;
@@ -33,6 +35,18 @@ const EXECUTOR_PROTOCOL_VERSION: &str = "1";
 /// every run's output would pile up on the host's disk.
 const LOG_MAX_SIZE: &str = "1m";
 const LOG_MAX_FILES: &str = "2";
+/// CPU weight per core, as the kernel's `cpu.shares` counts it (what Kubernetes sets for a
+/// request): under contention each sandbox gets CPU in proportion to its guarantee.
+const CPU_SHARES_PER_CORE: f64 = 1024.0;
+/// The kernel's smallest `cpu.shares`.
+const MIN_CPU_SHARES: i64 = 2;
+/// `/dev/shm`, counted against the sandbox's memory.
+const SHM_BYTES: i64 = 64 * 1024 * 1024;
+/// Open files per process, and no core dumps (they would fill the sandbox's disk).
+const NOFILE_LIMIT: i64 = 4096;
+/// Sandboxes go before the host's own processes when memory runs out; the agent raises its
+/// user code higher still, so that goes first.
+const SANDBOX_OOM_SCORE_ADJ: i64 = 500;
 
 /// A Docker call that failed: what was being done, and the engine's own message.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -81,10 +95,12 @@ impl From<DockerError> for ErrorBody {
 }
 
 /// What the engine reports about the host.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HostResources {
     pub cpu_cores: f64,
     pub memory_mb: u64,
+    /// The engine's container runtimes by name (`runc`, and any configured, such as gVisor's).
+    pub runtimes: Vec<String>,
 }
 
 /// The facts about one container this daemon acts on.
@@ -107,8 +123,15 @@ pub struct ContainerFacts {
     pub running: bool,
     pub oom_killed: bool,
     pub exit_code: Option<i64>,
-    /// Its limits, read back from the engine.
+    /// Its guarantee and limits, read back from the engine.
     pub demand: Demand,
+    /// The key of its volume and egress rules ([`labels::VOLUME`]).
+    pub volume_key: Option<String>,
+    /// Its address on the sandbox network, while it runs there.
+    pub ip_address: Option<std::net::Ipv4Addr>,
+    /// A networked sandbox's egress rules ([`labels::EGRESS`]); `None` for one without a
+    /// network.
+    pub egress: Option<Egress>,
 }
 
 impl ContainerFacts {
@@ -122,6 +145,25 @@ impl ContainerFacts {
         let host_config = inspect.host_config.unwrap_or_default();
         let nano_cpus = host_config.nano_cpus.unwrap_or_default().max(0);
         let memory_bytes = host_config.memory.unwrap_or_default().max(0);
+        let limit_cpu_millicores = (nano_cpus / NANO_CPUS_PER_MILLICORE).unsigned_abs();
+        let limit_memory_mb = (memory_bytes / BYTES_PER_MIB).unsigned_abs();
+        // Containers made before guarantees existed have neither: their limits are counted.
+        let cpu_millicores = match host_config.cpu_shares.unwrap_or_default() {
+            shares if shares > 0 => millicores(shares as f64 / CPU_SHARES_PER_CORE),
+            _ => limit_cpu_millicores,
+        };
+        let memory_mb = match host_config.memory_reservation.unwrap_or_default() {
+            bytes if bytes > 0 => (bytes / BYTES_PER_MIB).unsigned_abs(),
+            _ => limit_memory_mb,
+        };
+        let ip_address = inspect
+            .network_settings
+            .as_ref()
+            .and_then(|settings| settings.networks.as_ref())
+            .into_iter()
+            .flat_map(|networks| networks.values())
+            .filter_map(|endpoint| endpoint.ip_address.as_deref())
+            .find_map(|ip| ip.parse().ok());
         let image = inspect
             .config
             .as_ref()
@@ -147,9 +189,20 @@ impl ContainerFacts {
             oom_killed: state.oom_killed.unwrap_or(false),
             exit_code: state.exit_code,
             demand: Demand {
-                cpu_millicores: (nano_cpus / NANO_CPUS_PER_MILLICORE).unsigned_abs(),
-                memory_mb: (memory_bytes / BYTES_PER_MIB).unsigned_abs(),
+                cpu_millicores,
+                memory_mb,
+                limit_cpu_millicores,
+                limit_memory_mb,
             },
+            volume_key: labels.get(labels::VOLUME).cloned(),
+            // Unreadable rules are the strictest: everything denied.
+            egress: labels.get(labels::EGRESS).map(|json| {
+                serde_json::from_str(json).unwrap_or_else(|_| Egress {
+                    allow: Vec::new(),
+                    deny: vec!["0.0.0.0/0".to_owned()],
+                })
+            }),
+            ip_address: ip_address.filter(|_| state.running.unwrap_or(false)),
         }
     }
 }
@@ -179,12 +232,36 @@ pub struct SandboxContainer<'a> {
     pub sandbox_network: &'a str,
     /// Made for this template's warm pool (then `session_id` is the pool id).
     pub warm_pool: Option<&'a str>,
+    /// Its disk, bound as `/workspace`, `/tmp` and `/var/tmp`.
+    pub volume: &'a VolumePaths,
+    /// The engine's name of the runtime `spec.runtime` asks for (`None`: the engine's default).
+    pub engine_runtime: Option<&'a str>,
 }
 
 impl SandboxContainer<'_> {
     fn body(&self) -> ContainerCreateBody {
         let name = self.session_id.container_name();
         let resources = &self.spec.resources;
+        let guarantee = resources.guarantee();
+        let cpu_shares =
+            ((guarantee.cpu_cores * CPU_SHARES_PER_CORE).round() as i64).max(MIN_CPU_SHARES);
+        let memory_reservation = i64::try_from(guarantee.memory_mb)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(BYTES_PER_MIB);
+        let bind = |source: &std::path::Path, target: &str| Mount {
+            target: Some(target.to_owned()),
+            source: Some(source.to_string_lossy().into_owned()),
+            typ: Some(MountType::BIND),
+            read_only: Some(false),
+            bind_options: Some(MountBindOptions {
+                create_mountpoint: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let networked = self.spec.network == NetworkMode::SandboxNetwork;
+        let egress_label = networked
+            .then(|| serde_json::to_string(&self.spec.egress).unwrap_or_else(|_| "{}".to_owned()));
         let memory_bytes = i64::try_from(resources.memory_mb)
             .unwrap_or(i64::MAX)
             .saturating_mul(BYTES_PER_MIB);
@@ -193,7 +270,7 @@ impl SandboxContainer<'_> {
             NetworkMode::SandboxNetwork => self.sandbox_network.to_owned(),
         };
         ContainerCreateBody {
-            hostname: Some(name),
+            hostname: Some(name.clone()),
             image: Some(self.spec.image.clone()),
             // The executor agent reads its requests from stdin. It stays open between
             // attachments, so the daemon can attach again at any time (say, after a restart).
@@ -212,9 +289,11 @@ impl SandboxContainer<'_> {
                     (labels::SESSION_ID, self.session_id.as_str()),
                     (labels::NODE_ID, self.node_id.as_str()),
                     (labels::MANAGED_BY, labels::MANAGER),
+                    (labels::VOLUME, name.as_str()),
                 ]
                 .into_iter()
                 .chain(self.warm_pool.map(|template| (labels::WARM_POOL, template)))
+                .chain(egress_label.as_deref().map(|rules| (labels::EGRESS, rules)))
                 .map(|(key, value)| (key.to_owned(), value.to_owned()))
                 .collect(),
             ),
@@ -225,11 +304,42 @@ impl SandboxContainer<'_> {
                 // Equal to memory: no swap on top of the limit.
                 memory_swap: Some(memory_bytes),
                 pids_limit: Some(i64::from(resources.pids_limit)),
+                cpu_shares: Some(cpu_shares),
+                memory_reservation: Some(memory_reservation),
+                oom_score_adj: Some(SANDBOX_OOM_SCORE_ADJ),
                 cap_drop: Some(vec!["ALL".to_owned()]),
                 security_opt: Some(vec!["no-new-privileges".to_owned()]),
-                // A real PID 1 reaps zombies and forwards signals to the image's command.
-                init: Some(true),
+                // No docker-init: the executor agent is PID 1 and reaps orphans itself. A PID 1
+                // that user code may write to (its stdout is the agent channel) must be the
+                // agent, which makes itself undumpable; and signals sent to PID 1 from inside
+                // without a handler are dropped, so user code cannot stop it.
+                init: Some(false),
                 privileged: Some(false),
+                // Only the sandbox's disk is writable.
+                readonly_rootfs: Some(true),
+                mounts: Some(vec![
+                    bind(&self.volume.workspace, "/workspace"),
+                    bind(&self.volume.tmp, "/tmp"),
+                    bind(&self.volume.tmp, "/var/tmp"),
+                ]),
+                shm_size: Some(SHM_BYTES),
+                ulimits: Some(vec![
+                    ResourcesUlimits {
+                        name: Some("nofile".to_owned()),
+                        soft: Some(NOFILE_LIMIT),
+                        hard: Some(NOFILE_LIMIT),
+                    },
+                    ResourcesUlimits {
+                        name: Some("core".to_owned()),
+                        soft: Some(0),
+                        hard: Some(0),
+                    },
+                ]),
+                // IPv6 off: the egress rules are written for IPv4.
+                sysctls: networked.then(|| {
+                    HashMap::from([("net.ipv6.conf.all.disable_ipv6".to_owned(), "1".to_owned())])
+                }),
+                runtime: self.engine_runtime.map(str::to_owned),
                 network_mode: Some(network_mode),
                 log_config: Some(HostConfigLogConfig {
                     typ: Some("json-file".to_owned()),
@@ -271,10 +381,49 @@ impl DockerEngine {
             .info()
             .await
             .map_err(DockerError::during("reading docker info"))?;
+        let mut runtimes: Vec<String> = info.runtimes.unwrap_or_default().into_keys().collect();
+        runtimes.sort();
         Ok(HostResources {
             cpu_cores: info.ncpu.unwrap_or_default().max(0) as f64,
             memory_mb: (info.mem_total.unwrap_or_default().max(0) / BYTES_PER_MIB).unsigned_abs(),
+            runtimes,
         })
+    }
+
+    /// The Linux bridge interface and IPv4 subnet of the network `name`.
+    pub async fn bridge_of(&self, name: &str) -> Result<(String, String), DockerError> {
+        let action = || format!("inspecting network {name}");
+        let network = self
+            .docker
+            .inspect_network(name, None)
+            .await
+            .map_err(DockerError::during(action()))?;
+        let interface = network
+            .options
+            .as_ref()
+            .and_then(|options| options.get("com.docker.network.bridge.name").cloned())
+            .or_else(|| {
+                network
+                    .id
+                    .as_deref()
+                    .and_then(|id| id.get(..12))
+                    .map(|id| format!("br-{id}"))
+            });
+        let subnet = network
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .into_iter()
+            .flatten()
+            .filter_map(|config| config.subnet)
+            .find(|subnet| subnet.contains('.'));
+        match (interface, subnet) {
+            (Some(interface), Some(subnet)) => Ok((interface, subnet)),
+            _ => Err(DockerError {
+                action: action(),
+                status: None,
+                message: "it has no bridge interface or IPv4 subnet".to_owned(),
+            }),
+        }
     }
 
     /// Makes the bridge network `name` unless it exists. Returns whether it was made.
@@ -293,6 +442,11 @@ impl DockerEngine {
             labels: Some(HashMap::from([(
                 labels::MANAGED_BY.to_owned(),
                 labels::MANAGER.to_owned(),
+            )])),
+            // Sandboxes on it do not reach each other (the egress rules refuse it too).
+            options: Some(HashMap::from([(
+                "com.docker.network.bridge.enable_icc".to_owned(),
+                "false".to_owned(),
             )])),
             ..Default::default()
         };
@@ -526,9 +680,19 @@ mod tests {
                 cpu_cores: 0.5,
                 memory_mb: 256,
                 pids_limit: 64,
+                ..Resources::default()
             },
             network: NetworkMode::SandboxNetwork,
             env: BTreeMap::from([("A".to_owned(), "1".to_owned())]),
+            runtime: messages::template::Runtime::Gvisor,
+            egress: Egress {
+                allow: vec![],
+                deny: vec!["198.18.0.0/15".to_owned()],
+            },
+        };
+        let volume = VolumePaths {
+            workspace: "/state/volumes/sandbox-s1/workspace".into(),
+            tmp: "/state/volumes/sandbox-s1/tmp".into(),
         };
         let body = SandboxContainer {
             session_id: &session_id,
@@ -536,8 +700,14 @@ mod tests {
             spec: &spec,
             sandbox_network: "net-x",
             warm_pool: None,
+            volume: &volume,
+            engine_runtime: Some("sandbox-gvisor-net"),
         }
         .body();
+        let labels = body.labels.clone().expect("labels");
+        assert_eq!(labels[labels::VOLUME], "sandbox-s1");
+        let egress: Egress = serde_json::from_str(&labels[labels::EGRESS]).expect("egress label");
+        assert_eq!(egress, spec.egress);
         assert_eq!(body.hostname.as_deref(), Some("sandbox-s1"));
         assert_eq!(body.env, Some(vec!["A=1".to_owned()]));
         assert_eq!(body.cmd, None, "the image's own command is kept");
@@ -550,7 +720,31 @@ mod tests {
         assert_eq!(host.memory_swap, host.memory);
         assert_eq!(host.network_mode.as_deref(), Some("net-x"));
         assert_eq!(host.binds, None);
-        assert_eq!(host.mounts, None);
+        assert_eq!(host.readonly_rootfs, Some(true));
+        assert_eq!(host.init, Some(false), "the agent is PID 1");
+        assert_eq!(host.runtime.as_deref(), Some("sandbox-gvisor-net"));
+        assert_eq!(host.shm_size, Some(64 * 1024 * 1024));
+        // Guarantees: 1/64 of the limits by default, as cpu.shares and a soft memory limit.
+        assert_eq!(host.cpu_shares, Some(8));
+        assert_eq!(host.memory_reservation, Some(32 * 1024 * 1024));
+        let mounts = host.mounts.expect("the volume is bound");
+        let targets: Vec<&str> = mounts.iter().filter_map(|m| m.target.as_deref()).collect();
+        assert_eq!(targets, ["/workspace", "/tmp", "/var/tmp"]);
+        assert!(mounts.iter().all(|m| {
+            m.source
+                .as_deref()
+                .is_some_and(|s| s.starts_with("/state/volumes/"))
+        }));
+        let ulimits = host.ulimits.expect("ulimits");
+        assert!(
+            ulimits
+                .iter()
+                .any(|u| u.name.as_deref() == Some("core") && u.hard == Some(0))
+        );
+        assert!(
+            host.sysctls
+                .is_some_and(|sysctls| sysctls["net.ipv6.conf.all.disable_ipv6"] == "1")
+        );
         let log = host.log_config.expect("a log config");
         assert!(
             log.config

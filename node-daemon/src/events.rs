@@ -1,6 +1,6 @@
 //! Follows Docker's events for this node's containers: an exit is announced on
-//! `runtime.containers.exited` and frees its share in the ledger; a removal drops it and its
-//! agent channel.
+//! `runtime.containers.exited`, frees its share in the ledger and closes its egress rules (its
+//! address may go to another sandbox); a removal drops it, its agent channel and its disk.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use messages::{SessionId, labels, subjects};
 use service_kit::bus;
 use tokio_util::sync::CancellationToken;
 
+use crate::containers;
 use crate::node::Node;
 use crate::pool;
 
@@ -121,6 +122,11 @@ async fn handle(node: &Node, event: &EventMessage, oom_killed: &mut HashSet<Stri
             oom_killed.insert(container_id.to_owned());
         }
         Some("die") => {
+            if let (Some(key), Ok(firewall)) = (attribute(labels::VOLUME), &node.egress)
+                && let Err(error) = firewall.close(key).await
+            {
+                tracing::warn!(%error, container_id, "closing a sandbox's egress rules failed");
+            }
             let exit_code = attribute("exitCode").and_then(|code| code.parse().ok());
             let saw_oom = oom_killed.remove(container_id);
             let Some(session_id) = session_id else {
@@ -161,6 +167,9 @@ async fn handle(node: &Node, event: &EventMessage, oom_killed: &mut HashSet<Stri
         }
         Some("destroy") => {
             oom_killed.remove(container_id);
+            if let Some(key) = attribute(labels::VOLUME) {
+                containers::release_volume(node, key).await;
+            }
             if let Some(session_id) = session_id {
                 node.ledger().forget(&session_id, container_id);
                 node.agents.forget(&session_id, container_id);

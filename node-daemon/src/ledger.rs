@@ -1,5 +1,9 @@
 //! What this node has handed out, per session, and the admission rule that keeps it within its
 //! capacity. Pure bookkeeping: the caller holds it under one lock, so check-and-reserve is atomic.
+//!
+//! Admission counts what sandboxes are guaranteed (their requests), not their limits, so mostly
+//! idle sandboxes can share a host; and it checks the host's real free memory, which the caller
+//! reads, so a host running short refuses with a reason before its OOM killer picks victims.
 
 use std::collections::HashMap;
 
@@ -28,24 +32,38 @@ impl Capacity {
     }
 }
 
-/// What one sandbox takes from the node.
+/// What one sandbox takes from the node: its guarantee, which admission counts, and its
+/// limits, which are reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Demand {
     pub cpu_millicores: u64,
     pub memory_mb: u64,
+    pub limit_cpu_millicores: u64,
+    pub limit_memory_mb: u64,
 }
 
 impl Demand {
     pub fn of(resources: &Resources) -> Self {
+        let guarantee = resources.guarantee();
         Self {
-            cpu_millicores: millicores(resources.cpu_cores),
-            memory_mb: resources.memory_mb,
+            cpu_millicores: millicores(guarantee.cpu_cores),
+            memory_mb: guarantee.memory_mb,
+            limit_cpu_millicores: millicores(resources.cpu_cores),
+            limit_memory_mb: resources.memory_mb,
         }
     }
 }
 
+/// The host's real free memory at admission, and what must stay free beside the sandboxes
+/// (for the daemon, the engine, the kernel's caches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostMemory {
+    pub available_mb: u64,
+    pub reserve_mb: u64,
+}
+
 /// Whole cores to millicores; negative or not-a-number counts as nothing.
-fn millicores(cores: f64) -> u64 {
+pub fn millicores(cores: f64) -> u64 {
     // `as` saturates: NaN and negatives become 0, huge values u64::MAX.
     (cores * MILLICORES_PER_CORE).round() as u64
 }
@@ -58,11 +76,21 @@ pub struct Usage {
     pub memory_mb: u64,
     /// Of `containers`, those waiting unclaimed in warm pools.
     pub warm: u32,
+    /// The sums of their limits.
+    pub limit_cpu_millicores: u64,
+    pub limit_memory_mb: u64,
+    /// The memory guaranteed to sessions admitted but not yet running, which the host's free
+    /// memory does not show yet.
+    pub pending_memory_mb: u64,
 }
 
 impl Usage {
     pub fn cpu_cores(&self) -> f64 {
-        self.cpu_millicores as f64 / MILLICORES_PER_CORE
+        cores(self.cpu_millicores)
+    }
+
+    pub fn limit_cpu_cores(&self) -> f64 {
+        cores(self.limit_cpu_millicores)
     }
 }
 
@@ -87,6 +115,16 @@ pub enum Refusal {
         allocated: u64,
         requested: u64,
         total: u64,
+    },
+    #[error(
+        "the host is short of memory: {available} MiB free, {pending} MiB promised to sandboxes \
+         starting, {requested} MiB requested, {reserve} MiB kept free for the host"
+    )]
+    HostMemory {
+        available: u64,
+        pending: u64,
+        requested: u64,
+        reserve: u64,
     },
 }
 
@@ -152,14 +190,34 @@ impl Ledger {
         }
     }
 
-    /// Admits `session_id` if its demand fits next to what is already allocated, and reserves it.
-    pub fn admit(&mut self, session_id: &SessionId, demand: Demand) -> Result<Admission, Refusal> {
+    /// Admits `session_id` if its demand fits next to what is already allocated and in the
+    /// host's free memory (`host`, when known), and reserves it.
+    pub fn admit(
+        &mut self,
+        session_id: &SessionId,
+        demand: Demand,
+        host: Option<HostMemory>,
+    ) -> Result<Admission, Refusal> {
         let existing = self.allocations.get(session_id);
         if existing.is_some_and(Allocation::holds_resources) {
             return Ok(Admission::AlreadyAllocated);
         }
         let usage = self.usage();
         let capacity = self.capacity;
+        if let Some(host) = host
+            && host.available_mb
+                < usage
+                    .pending_memory_mb
+                    .saturating_add(demand.memory_mb)
+                    .saturating_add(host.reserve_mb)
+        {
+            return Err(Refusal::HostMemory {
+                available: host.available_mb,
+                pending: usage.pending_memory_mb,
+                requested: demand.memory_mb,
+                reserve: host.reserve_mb,
+            });
+        }
         if usage.containers >= capacity.max_containers {
             return Err(Refusal::Containers {
                 running: usage.containers,
@@ -198,12 +256,21 @@ impl Ledger {
         self.allocations.contains_key(session_id)
     }
 
-    /// Whether `count` more containers of `demand` each would fit next to what is allocated.
-    pub fn has_room_for(&self, demand: Demand, count: u32) -> bool {
+    /// Whether `count` more containers of `demand` each would fit next to what is allocated
+    /// and in the host's free memory.
+    pub fn has_room_for(&self, demand: Demand, count: u32, host: Option<HostMemory>) -> bool {
         let usage = self.usage();
         let capacity = self.capacity;
         let count64 = u64::from(count);
-        usage.containers.saturating_add(count) <= capacity.max_containers
+        let host_fits = host.is_none_or(|host| {
+            usage
+                .pending_memory_mb
+                .saturating_add(demand.memory_mb.saturating_mul(count64))
+                .saturating_add(host.reserve_mb)
+                <= host.available_mb
+        });
+        host_fits
+            && usage.containers.saturating_add(count) <= capacity.max_containers
             && usage
                 .cpu_millicores
                 .saturating_add(demand.cpu_millicores.saturating_mul(count64))
@@ -314,13 +381,24 @@ impl Ledger {
         self.allocations
             .values()
             .filter(|allocation| allocation.holds_resources())
-            .fold(Usage::default(), |usage, allocation| Usage {
-                containers: usage.containers.saturating_add(1),
-                cpu_millicores: usage
-                    .cpu_millicores
-                    .saturating_add(allocation.demand.cpu_millicores),
-                memory_mb: usage.memory_mb.saturating_add(allocation.demand.memory_mb),
-                warm: usage.warm.saturating_add(u32::from(allocation.warm)),
+            .fold(Usage::default(), |usage, allocation| {
+                let demand = &allocation.demand;
+                let pending = if allocation.state == State::Reserved {
+                    demand.memory_mb
+                } else {
+                    0
+                };
+                Usage {
+                    containers: usage.containers.saturating_add(1),
+                    cpu_millicores: usage.cpu_millicores.saturating_add(demand.cpu_millicores),
+                    memory_mb: usage.memory_mb.saturating_add(demand.memory_mb),
+                    warm: usage.warm.saturating_add(u32::from(allocation.warm)),
+                    limit_cpu_millicores: usage
+                        .limit_cpu_millicores
+                        .saturating_add(demand.limit_cpu_millicores),
+                    limit_memory_mb: usage.limit_memory_mb.saturating_add(demand.limit_memory_mb),
+                    pending_memory_mb: usage.pending_memory_mb.saturating_add(pending),
+                }
             })
     }
 }
@@ -333,11 +411,15 @@ mod tests {
         SessionId::parse(id).expect("valid session id")
     }
 
+    /// A demand whose guarantee is its limit.
     fn demand(cpu_cores: f64, memory_mb: u64) -> Demand {
         Demand::of(&Resources {
             cpu_cores,
             memory_mb,
             pids_limit: 64,
+            cpu_request_cores: Some(cpu_cores),
+            memory_request_mb: Some(memory_mb),
+            ..Resources::default()
         })
     }
 
@@ -350,7 +432,7 @@ mod tests {
         let mut ledger = ledger(2, 8.0, 8192);
         let pool = session("pool-1");
         assert_eq!(
-            ledger.admit(&pool, demand(1.0, 512)),
+            ledger.admit(&pool, demand(1.0, 512), None),
             Ok(Admission::Reserved)
         );
         ledger.mark_warm(&pool, "c-warm", demand(1.0, 512));
@@ -360,7 +442,10 @@ mod tests {
                 containers: 1,
                 cpu_millicores: 1000,
                 memory_mb: 512,
-                warm: 1
+                warm: 1,
+                limit_cpu_millicores: 1000,
+                limit_memory_mb: 512,
+                pending_memory_mb: 0,
             }
         );
         assert!(ledger.claim_warm(&pool, &session("s")));
@@ -370,7 +455,7 @@ mod tests {
         assert!(!ledger.claim_warm(&pool, &session("t")));
         // The session holds it like a container it started: a repeat create adds nothing.
         assert_eq!(
-            ledger.admit(&session("s"), demand(1.0, 512)),
+            ledger.admit(&session("s"), demand(1.0, 512), None),
             Ok(Admission::AlreadyAllocated)
         );
         ledger.forget(&session("s"), "c-warm");
@@ -381,15 +466,15 @@ mod tests {
     fn admits_until_the_container_limit() {
         let mut ledger = ledger(2, 8.0, 8192);
         assert_eq!(
-            ledger.admit(&session("a"), demand(1.0, 256)),
+            ledger.admit(&session("a"), demand(1.0, 256), None),
             Ok(Admission::Reserved)
         );
         assert_eq!(
-            ledger.admit(&session("b"), demand(1.0, 256)),
+            ledger.admit(&session("b"), demand(1.0, 256), None),
             Ok(Admission::Reserved)
         );
         let refusal = ledger
-            .admit(&session("c"), demand(1.0, 256))
+            .admit(&session("c"), demand(1.0, 256), None)
             .expect_err("third container is over the limit");
         assert_eq!(refusal, Refusal::Containers { running: 2, max: 2 });
         assert!(refusal.to_string().contains("max_containers 2"));
@@ -398,19 +483,21 @@ mod tests {
     #[test]
     fn refuses_cpu_and_memory_beyond_the_total() {
         let mut ledger = ledger(10, 2.0, 1024);
-        ledger.admit(&session("a"), demand(1.5, 512)).expect("fits");
+        ledger
+            .admit(&session("a"), demand(1.5, 512), None)
+            .expect("fits");
         let cpu = ledger
-            .admit(&session("b"), demand(1.0, 256))
+            .admit(&session("b"), demand(1.0, 256), None)
             .expect_err("cpu is short");
         assert!(matches!(cpu, Refusal::Cpu { .. }));
         assert!(cpu.to_string().contains("1.5 of 2 cores"), "{cpu}");
         let memory = ledger
-            .admit(&session("b"), demand(0.5, 768))
+            .admit(&session("b"), demand(0.5, 768), None)
             .expect_err("memory is short");
         assert!(matches!(memory, Refusal::Memory { .. }));
         assert!(memory.to_string().contains("MiB"), "{memory}");
         assert_eq!(
-            ledger.admit(&session("b"), demand(0.5, 512)),
+            ledger.admit(&session("b"), demand(0.5, 512), None),
             Ok(Admission::Reserved),
             "exactly the rest fits"
         );
@@ -421,7 +508,7 @@ mod tests {
         let mut ledger = ledger(10, 0.3, 1024);
         for id in ["a", "b", "c"] {
             assert_eq!(
-                ledger.admit(&session(id), demand(0.1, 1)),
+                ledger.admit(&session(id), demand(0.1, 1), None),
                 Ok(Admission::Reserved)
             );
         }
@@ -431,14 +518,16 @@ mod tests {
     #[test]
     fn a_session_is_counted_once() {
         let mut ledger = ledger(1, 1.0, 256);
-        ledger.admit(&session("a"), demand(1.0, 256)).expect("fits");
+        ledger
+            .admit(&session("a"), demand(1.0, 256), None)
+            .expect("fits");
         assert_eq!(
-            ledger.admit(&session("a"), demand(1.0, 256)),
+            ledger.admit(&session("a"), demand(1.0, 256), None),
             Ok(Admission::AlreadyAllocated)
         );
         ledger.mark_running(&session("a"), "c1", demand(1.0, 256));
         assert_eq!(
-            ledger.admit(&session("a"), demand(1.0, 256)),
+            ledger.admit(&session("a"), demand(1.0, 256), None),
             Ok(Admission::AlreadyAllocated)
         );
         assert_eq!(ledger.usage().containers, 1);
@@ -447,12 +536,14 @@ mod tests {
     #[test]
     fn released_reservations_and_exited_containers_free_their_share() {
         let mut ledger = ledger(1, 1.0, 256);
-        ledger.admit(&session("a"), demand(1.0, 256)).expect("fits");
+        ledger
+            .admit(&session("a"), demand(1.0, 256), None)
+            .expect("fits");
         ledger.release(&session("a"));
         assert_eq!(ledger.usage(), Usage::default());
 
         ledger
-            .admit(&session("b"), demand(1.0, 256))
+            .admit(&session("b"), demand(1.0, 256), None)
             .expect("fits after release");
         ledger.mark_running(&session("b"), "c2", demand(1.0, 256));
         ledger.mark_exited(&session("b"), "other-container");
@@ -463,7 +554,7 @@ mod tests {
         // Restarting the exited container needs admission again, and a failed restart leaves it
         // exited rather than forgotten.
         assert_eq!(
-            ledger.admit(&session("b"), demand(1.0, 256)),
+            ledger.admit(&session("b"), demand(1.0, 256), None),
             Ok(Admission::Reserved)
         );
         ledger.release(&session("b"));
@@ -473,11 +564,51 @@ mod tests {
     }
 
     #[test]
+    fn guarantees_not_limits_are_counted() {
+        // python-basic's limits (1 core, 512 MiB) on a 2-core host: by limits two would fit,
+        // by the default guarantees (1/64 core, 64 MiB) a hundred do.
+        let mut ledger = ledger(500, 2.0, 22 * 1024);
+        let basic = Demand::of(&Resources::default());
+        for index in 0..100 {
+            ledger
+                .admit(&session(&format!("s{index}")), basic, None)
+                .expect("fits by its guarantee");
+        }
+        let usage = ledger.usage();
+        assert_eq!(usage.memory_mb, 100 * 64);
+        assert_eq!(usage.limit_memory_mb, 100 * 512);
+        assert_eq!(usage.limit_cpu_millicores, 100 * 1000);
+        assert_eq!(usage.pending_memory_mb, 100 * 64, "none runs yet");
+    }
+
+    #[test]
+    fn a_host_short_of_memory_refuses_with_the_figures() {
+        let mut ledger = ledger(10, 8.0, 8192);
+        let host = HostMemory {
+            available_mb: 1500,
+            reserve_mb: 1024,
+        };
+        ledger
+            .admit(&session("a"), demand(0.1, 256), Some(host))
+            .expect("fits: 1500 - 256 >= 1024");
+        let refusal = ledger
+            .admit(&session("b"), demand(0.1, 256), Some(host))
+            .expect_err("the first one's memory is promised already");
+        assert!(matches!(refusal, Refusal::HostMemory { pending: 256, .. }));
+        assert!(refusal.to_string().contains("short of memory"), "{refusal}");
+        assert!(!ledger.has_room_for(demand(0.1, 256), 1, Some(host)));
+        ledger.mark_running(&session("a"), "c1", demand(0.1, 256));
+        assert!(ledger.has_room_for(demand(0.1, 256), 1, Some(host)));
+    }
+
+    #[test]
     fn forgetting_leaves_a_newer_reservation_alone() {
         let mut ledger = ledger(5, 4.0, 4096);
         ledger.mark_running(&session("a"), "old", demand(1.0, 256));
         ledger.mark_exited(&session("a"), "old");
-        ledger.admit(&session("a"), demand(1.0, 256)).expect("fits");
+        ledger
+            .admit(&session("a"), demand(1.0, 256), None)
+            .expect("fits");
         ledger.forget(&session("a"), "old");
         assert_eq!(ledger.usage().containers, 1);
     }

@@ -12,15 +12,25 @@ use tokio_util::task::TaskTracker;
 
 use crate::agent::Agents;
 use crate::docker::DockerEngine;
-use crate::ledger::Ledger;
+use crate::egress::EgressFirewall;
+use crate::host;
+use crate::ledger::{HostMemory, Ledger};
+use crate::runtimes::EngineRuntimes;
+use crate::volumes::Volumes;
 use crate::warm::WarmPools;
 
-/// The configured values a [`Node`] keeps.
+/// The configured values a [`Node`] keeps, and the parts start-up prepared for it.
 #[derive(Debug)]
 pub(crate) struct Settings {
     pub sandbox_network: String,
     pub heartbeat_interval: Duration,
     pub output_limit: u64,
+    pub memory_reserve_mb: u64,
+    pub volumes: Volumes,
+    pub runtimes: EngineRuntimes,
+    /// The egress rules of `sandbox_network`, or why they could not be installed (then no
+    /// networked session is taken).
+    pub egress: Result<EgressFirewall, String>,
 }
 
 #[derive(Debug)]
@@ -43,6 +53,14 @@ pub(crate) struct Node {
     pub pools: WarmPools,
     /// Work no request waits for (removals, run followers), waited for at shutdown.
     pub background: TaskTracker,
+    /// The sandboxes' disks.
+    pub volumes: Volumes,
+    /// The engine runtimes behind the runtimes this node offers.
+    pub runtimes: EngineRuntimes,
+    /// The egress rules of networked sandboxes, or why there are none.
+    pub egress: Result<EgressFirewall, String>,
+    /// Host memory admission keeps free, in MiB.
+    memory_reserve_mb: u64,
     ledger: Mutex<Ledger>,
     session_locks: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -67,6 +85,10 @@ impl Node {
             agents: Agents::default(),
             pools: WarmPools::default(),
             background: TaskTracker::new(),
+            volumes: settings.volumes,
+            runtimes: settings.runtimes,
+            egress: settings.egress,
+            memory_reserve_mb: settings.memory_reserve_mb,
             ledger: Mutex::new(ledger),
             session_locks: Mutex::new(HashMap::new()),
         }
@@ -85,6 +107,15 @@ impl Node {
             Arc::clone(locks.entry(session_id.clone()).or_default())
         };
         lock.lock_owned().await
+    }
+
+    /// The host's free memory now, with what admission keeps free; `None` where the kernel
+    /// does not say.
+    pub fn host_memory(&self) -> Option<HostMemory> {
+        host::memory_available_mb().map(|available_mb| HostMemory {
+            available_mb,
+            reserve_mb: self.memory_reserve_mb,
+        })
     }
 
     /// The allocation ledger. Held only for bookkeeping, never across an await.

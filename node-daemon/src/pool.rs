@@ -220,7 +220,11 @@ async fn make_warm(
 ) -> Result<WarmContainer, ErrorBody> {
     // A warm container never takes the node's last room: one session of the same size must
     // still fit, so the schedulers keep seeing room for it.
-    if !node.ledger().has_room_for(Demand::of(&spec.resources), 2) {
+    let host = node.host_memory();
+    if !node
+        .ledger()
+        .has_room_for(Demand::of(&spec.resources), 2, host)
+    {
         return Err(ErrorBody::new(
             ErrorCode::Capacity,
             "no room for a warm container next to one more session",

@@ -153,9 +153,12 @@ mod tests {
                 cpu_cores: 0.5,
                 memory_mb,
                 pids_limit: 64,
+                ..Resources::default()
             },
             network: NetworkMode::None,
             env: BTreeMap::new(),
+            runtime: Default::default(),
+            egress: Default::default(),
         }
     }
 

@@ -220,8 +220,14 @@ async fn create_makes_one_locked_down_container_per_session() {
 
     let heartbeat = harness.fresh_heartbeat().await;
     assert_eq!(heartbeat.running_containers, 1);
-    assert!((heartbeat.allocated_cpu_cores - 0.5).abs() < 1e-9);
-    assert_eq!(heartbeat.allocated_memory_mb, 64);
+    // Guarantees are counted (the default shares of the 0.5-core, 64 MiB limits), and the
+    // limits and the host's free memory reported beside them.
+    assert!((heartbeat.allocated_cpu_cores - 0.008).abs() < 1e-9);
+    assert_eq!(heartbeat.allocated_memory_mb, 8);
+    let host = heartbeat.host.expect("host figures");
+    assert!((host.limit_cpu_cores - 0.5).abs() < 1e-9);
+    assert_eq!(host.limit_memory_mb, 64);
+    assert!(host.memory_available_mb > 0 && host.disk_available_mb > 0);
 
     let racing = new_session();
     let (first, second) = tokio::join!(harness.create(&racing), harness.create(&racing));
@@ -288,15 +294,23 @@ async fn capacity_is_the_nodes_word() {
     })
     .await;
 
+    // Guaranteed two cores on a node of one: refused.
     let mut greedy = harness.spec(NetworkMode::None);
     greedy.resources.cpu_cores = 2.0;
+    greedy.resources.cpu_request_cores = Some(2.0);
     let session_id = new_session();
     let refusal = remote_error(harness.create_with(&session_id, greedy).await);
     assert_eq!(refusal.code, ErrorCode::Capacity);
     assert!(refusal.message.contains("CPU"), "{}", refusal.message);
     assert_eq!(harness.containers_of(&session_id).await, 0);
 
-    harness.create(&new_session()).await;
+    // Limited to two cores but guaranteed the default share: a limit is not a reservation.
+    let mut bursty = harness.spec(NetworkMode::None);
+    bursty.resources.cpu_cores = 2.0;
+    harness
+        .create_with(&new_session(), bursty)
+        .await
+        .expect("fits by its guarantee");
     let second = new_session();
     let refusal = remote_error(
         harness
@@ -446,7 +460,9 @@ async fn allocations_survive_a_daemon_restart() {
         "a restarted daemon counts from 1 again"
     );
     assert_eq!(heartbeat.running_containers, 1);
-    assert_eq!(heartbeat.allocated_memory_mb, 64);
+    // The guarantee (an eighth of the 64 MiB limit) is read back from the container.
+    assert_eq!(heartbeat.allocated_memory_mb, 8);
+    assert_eq!(heartbeat.host.map(|host| host.limit_memory_mb), Some(64));
     let again = harness.create(&session_id).await;
     assert!(again.existed);
     assert_eq!(again.container_id, created.container_id);

@@ -29,9 +29,15 @@ fn create(session: &str) -> CreateContainer {
                 cpu_cores: 1.0,
                 memory_mb: 256,
                 pids_limit: 64,
+                // Guaranteed its limits: the test fills a node by them.
+                cpu_request_cores: Some(1.0),
+                memory_request_mb: Some(256),
+                ..Resources::default()
             },
             network: NetworkMode::None,
             env: Default::default(),
+            runtime: Default::default(),
+            egress: Default::default(),
         },
     }
 }

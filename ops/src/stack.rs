@@ -203,6 +203,12 @@ impl Stack {
         node_id
     }
 
+    /// Where the node daemon `node_id` keeps its sandboxes' disks: in the stack's temp dir, so
+    /// daemons of tests running side by side never sweep each other's.
+    pub fn node_state_dir(&self, node_id: &str) -> PathBuf {
+        self.dir.path().join("nodes").join(node_id)
+    }
+
     /// Every node id handed out, in order.
     pub fn node_ids(&self) -> &[String] {
         &self.node_ids
@@ -310,6 +316,8 @@ impl Stack {
             node_id.clone(),
             "--network".to_owned(),
             self.network.clone(),
+            "--state-dir".to_owned(),
+            self.node_state_dir(&node_id).to_string_lossy().into_owned(),
         ];
         let mut process = self.spawn(&node_id, "node-daemon", args, &spec)?;
         let online = process
@@ -418,6 +426,7 @@ impl Drop for Stack {
         if !self.node_ids.is_empty() {
             testkit::remove_docker_objects_blocking(&self.node_ids, &self.network);
         }
+        testkit::release_volumes_under(self.dir.path());
     }
 }
 

@@ -276,8 +276,92 @@ pub async fn remove_docker_objects(node_id: &str, network: &str) -> anyhow::Resu
             let _ = docker.remove_container(&id, Some(options)).await;
         }
     }
+    if let Ok(inspect) = docker.inspect_network(network, None).await {
+        let bridge = inspect
+            .options
+            .as_ref()
+            .and_then(|options| options.get("com.docker.network.bridge.name").cloned())
+            .or_else(|| {
+                inspect
+                    .id
+                    .as_deref()
+                    .and_then(|id| id.get(..12))
+                    .map(|id| format!("br-{id}"))
+            });
+        if let Some(bridge) = bridge {
+            remove_egress_rules(&bridge);
+        }
+    }
     let _ = docker.remove_network(network).await;
     Ok(())
+}
+
+/// Removes the egress hooks a node daemon put in for `bridge` and the chains they lead to (its
+/// node chains and its sandboxes' chains), so a test leaves no iptables rules behind.
+pub fn remove_egress_rules(bridge: &str) {
+    let iptables = |args: &[&str]| -> Option<String> {
+        let output = Command::new("iptables")
+            .arg("-w")
+            .args(args)
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    for hook_chain in ["DOCKER-USER", "INPUT"] {
+        let Some(listing) = iptables(&["-S", hook_chain]) else {
+            continue;
+        };
+        let hooked: Vec<String> = listing
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix(&format!("-A {hook_chain} -i {bridge} -j "))?;
+                Some(rest.trim().to_owned())
+            })
+            .collect();
+        for chain in hooked {
+            let _ = iptables(&["-D", hook_chain, "-i", bridge, "-j", &chain]);
+            let targets: Vec<String> = iptables(&["-S", &chain])
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|line| line.split(" -j ").nth(1))
+                .map(|target| {
+                    target
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+                .filter(|target| {
+                    target.starts_with(chain.trim_end_matches("-FWD")) && *target != chain
+                })
+                .collect();
+            let _ = iptables(&["-F", &chain]);
+            let _ = iptables(&["-X", &chain]);
+            for target in targets {
+                let _ = iptables(&["-F", &target]);
+                let _ = iptables(&["-X", &target]);
+            }
+        }
+    }
+}
+
+/// Unmounts the sandbox disks a node daemon left mounted under `state_dir` (it was stopped
+/// before their containers went), so the temp dir can go.
+pub fn release_volumes_under(state_dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let root = state_dir.to_string_lossy().into_owned();
+    for mount_point in mounts
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| point.starts_with(root.as_str()))
+    {
+        let _ = Command::new("umount").arg("-l").arg(mount_point).status();
+    }
 }
 
 /// How long a create still in flight in a daemon when a test fails may take to finish.
@@ -315,8 +399,9 @@ pub fn remove_docker_objects_blocking(node_ids: &[String], network: &str) {
 
 /// Checks the locked-down host configuration the node daemon gives every sandbox container: the
 /// template's CPU, memory (and no swap beyond it) and process limits, every capability dropped,
-/// `no-new-privileges`, an init process, no network, not privileged, no host paths. Panics at
-/// the first difference: for tests.
+/// `no-new-privileges`, no docker-init (the agent is PID 1), no network, not privileged, a
+/// read-only root with only the sandbox's own disk bound in (no host paths, no Docker socket),
+/// a bounded `/dev/shm`, and no core dumps. Panics at the first difference: for tests.
 #[track_caller]
 pub fn assert_locked_down(
     host: &bollard::models::HostConfig,
@@ -339,13 +424,38 @@ pub fn assert_locked_down(
         Some(vec!["no-new-privileges".to_owned()])
     );
     assert_eq!(host.network_mode.as_deref(), Some("none"));
-    assert_eq!(host.init, Some(true));
+    assert_eq!(host.init, Some(false), "the executor agent is PID 1");
     assert_ne!(host.privileged, Some(true));
+    assert_eq!(host.readonly_rootfs, Some(true), "read-only root");
     assert!(
         host.binds.as_ref().is_none_or(Vec::is_empty),
         "host paths: {:?}",
         host.binds
     );
+    let mounts = host.mounts.clone().unwrap_or_default();
+    let targets: Vec<&str> = mounts.iter().filter_map(|m| m.target.as_deref()).collect();
+    assert_eq!(
+        targets,
+        ["/workspace", "/tmp", "/var/tmp"],
+        "writable places"
+    );
+    for mount in &mounts {
+        let source = mount.source.as_deref().unwrap_or_default();
+        assert!(
+            source.contains("/volumes/sandbox-") && !source.contains("docker.sock"),
+            "a mount from outside the sandbox's own volume: {source}"
+        );
+    }
+    assert_eq!(host.shm_size, Some(64 * 1024 * 1024), "/dev/shm");
+    let ulimits = host.ulimits.clone().unwrap_or_default();
+    let limit = |name: &str| {
+        ulimits
+            .iter()
+            .find(|ulimit| ulimit.name.as_deref() == Some(name))
+            .and_then(|ulimit| ulimit.hard)
+    };
+    assert_eq!(limit("core"), Some(0), "core dumps");
+    assert_eq!(limit("nofile"), Some(4096), "open files");
 }
 
 /// A tiny image for tests of container handling: Debian's static busybox in an empty root,

@@ -3,13 +3,15 @@
 //! applies it: it asks the chosen node, and on a refusal or silence moves on to another. Safe to
 //! run again for the same request (redelivery).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
+use messages::egress::Egress;
 use messages::node::{ContainerCreated, CreateContainer};
 use messages::session::{CreateSession, Session, SessionStatus, at_storage_precision};
-use messages::template::{ContainerSpec, NetworkMode, Resources};
+use messages::template::{ContainerSpec, NetworkMode, Resources, Runtime};
 use messages::{ErrorBody, ErrorCode, NodeId, SessionId};
 use service_kit::WorkQueue;
 use service_kit::bus::{self, BusError};
@@ -92,9 +94,7 @@ impl Scheduler {
                 let session = Session::pending(
                     request.session_id.clone(),
                     &request.template_id,
-                    &spec.image,
-                    spec.resources,
-                    spec.network,
+                    &spec,
                     timeout,
                     accepted_at,
                 );
@@ -107,7 +107,13 @@ impl Scheduler {
             None => (template_gone(request, accepted_at), None),
         };
         let env = spec.as_ref().map_or(&request.env, |spec| &spec.env);
-        if self.store.insert_session_if_absent(&session, env).await? {
+        let no_egress = Egress::default();
+        let egress = spec.as_ref().map_or(&no_egress, |spec| &spec.egress);
+        if self
+            .store
+            .insert_session_if_absent(&session, env, egress)
+            .await?
+        {
             return Ok((session, spec));
         }
         // A redelivery, or another replica inserted it first: what the database holds is the
@@ -308,17 +314,25 @@ fn vanished(session_id: &SessionId) -> StoreError {
 /// The record of a session whose template was deleted between the gateway's check and the
 /// placement: failed, with the reason.
 fn template_gone(request: &CreateSession, at: DateTime<Utc>) -> Session {
-    let no_resources = Resources {
-        cpu_cores: 0.0,
-        memory_mb: 0,
-        pids_limit: 0,
+    let nothing = ContainerSpec {
+        image: String::new(),
+        resources: Resources {
+            cpu_cores: 0.0,
+            memory_mb: 0,
+            pids_limit: 0,
+            disk_mb: 0,
+            cpu_request_cores: None,
+            memory_request_mb: None,
+        },
+        network: NetworkMode::None,
+        env: BTreeMap::new(),
+        runtime: Runtime::Runc,
+        egress: Egress::default(),
     };
     let session = Session::pending(
         request.session_id.clone(),
         &request.template_id,
-        "",
-        no_resources,
-        NetworkMode::None,
+        &nothing,
         0,
         at,
     );

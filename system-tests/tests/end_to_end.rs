@@ -457,11 +457,14 @@ async fn a_nul_in_a_templates_env_is_refused_and_stores_nothing() {
             cpu_cores: 1.0,
             memory_mb: 256,
             pids_limit: 64,
+            ..Default::default()
         },
         network: messages::template::NetworkMode::None,
         env: [("GREETING".to_owned(), "a\0b".to_owned())].into(),
         timeout_seconds: 300,
         warm_pool_size: 0,
+        runtime: Default::default(),
+        egress: Default::default(),
     };
     let answer = service_kit::bus::api_request(
         &nats,

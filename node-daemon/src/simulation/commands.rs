@@ -141,7 +141,7 @@ fn admit(
     session_id: &SessionId,
     demand: Demand,
 ) -> Result<(), ErrorBody> {
-    if let Err(refusal) = state.ledger.admit(session_id, demand) {
+    if let Err(refusal) = state.ledger.admit(session_id, demand, None) {
         fleet.counters.refused.fetch_add(1, Ordering::Relaxed);
         return Err(ErrorBody::new(
             ErrorCode::Capacity,

@@ -56,7 +56,7 @@ pub(super) async fn heartbeats(fleet: Arc<Fleet>, cancel: CancellationToken) -> 
 }
 
 async fn send_heartbeat(fleet: &Fleet, node: &SimNode, status: NodeSelfStatus) {
-    let heartbeat = announce::heartbeat_message(&node.id, &mut node.state().ledger, status);
+    let heartbeat = announce::heartbeat_message(&node.id, &mut node.state().ledger, status, None);
     fleet.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
     if let Err(error) = bus::publish(&fleet.nats, subjects::heartbeat(), &heartbeat).await {
         tracing::warn!(node = %node.id, %error, "sending a simulated heartbeat failed");

@@ -54,6 +54,7 @@ pub(crate) async fn start(config: Config, cancel: CancellationToken) -> anyhow::
     let offered = HostResources {
         cpu_cores: config.cpu_cores.unwrap_or(DEFAULT_CPU_CORES),
         memory_mb: config.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
+        runtimes: Vec::new(),
     };
     let capacity = Capacity::new(config.max_containers, offered.cpu_cores, offered.memory_mb);
     let images: Vec<String> = config

@@ -14,7 +14,7 @@ use messages::node::{
     ContainerCreated, ContainerRemoved, CreateContainer, Heartbeat, RemoveContainer,
 };
 use messages::subjects;
-use messages::template::{ContainerSpec, NetworkMode, Resources};
+use messages::template::{ContainerSpec, NetworkMode, Resources, Runtime};
 use messages::{NodeId, SessionId, labels};
 use node_daemon::{Config, Running};
 use sandbox_ops::testkit::{self, NatsServer};
@@ -29,11 +29,13 @@ pub const MIB: i64 = 1024 * 1024;
 struct DockerCleanup {
     node_id: String,
     network: String,
+    state_dir: std::path::PathBuf,
 }
 
 impl Drop for DockerCleanup {
     fn drop(&mut self) {
         testkit::remove_docker_objects_blocking(std::slice::from_ref(&self.node_id), &self.network);
+        testkit::release_volumes_under(&self.state_dir);
     }
 }
 
@@ -48,6 +50,8 @@ pub struct Harness {
     _nats: NatsServer,
     // Last, so the containers go after everything else is dropped.
     _cleanup: DockerCleanup,
+    // After the containers, whose volumes the cleanup unmounts.
+    _state_dir: tempfile::TempDir,
 }
 
 impl Harness {
@@ -64,9 +68,11 @@ impl Harness {
         let image = testkit::ensure_test_image().expect("the test image is built");
         let node_id = testkit::unique_name("nd");
         let network = testkit::unique_name("nd-net");
+        let state_dir = tempfile::tempdir().expect("a state directory");
         let cleanup = DockerCleanup {
             node_id: node_id.clone(),
             network: network.clone(),
+            state_dir: state_dir.path().to_owned(),
         };
         let nats = NatsServer::start().expect("nats-server starts");
         let mut config = Config {
@@ -76,6 +82,11 @@ impl Harness {
             heartbeat_interval: Duration::from_millis(200),
             network,
             max_containers: 10,
+            memory_reserve_mb: 256,
+            state_dir: state_dir.path().to_owned(),
+            gvisor_runtime: "sandbox-gvisor".to_owned(),
+            gvisor_networked_runtime: "sandbox-gvisor-net".to_owned(),
+            egress_nameservers: Vec::new(),
             cpu_cores: None,
             memory_mb: None,
             advertise_ip: None,
@@ -104,6 +115,7 @@ impl Harness {
             running: None,
             _nats: nats,
             _cleanup: cleanup,
+            _state_dir: state_dir,
         }
     }
 
@@ -149,9 +161,13 @@ impl Harness {
                 cpu_cores: 0.5,
                 memory_mb: 64,
                 pids_limit: 64,
+                disk_mb: 64,
+                ..Resources::default()
             },
             network,
             env: BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
+            runtime: Runtime::Runc,
+            egress: Default::default(),
         }
     }
 

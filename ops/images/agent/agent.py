@@ -871,9 +871,31 @@ async def serve():
     os._exit(0)
 
 
+def guard_channel():
+    """Keeps user code off the protocol channel and away from the agent.
+
+    User code runs as the agent's user, so by default it could open /proc/<agent>/fd/1 (the
+    channel) and write a forged result, or ptrace the agent. An undumpable process's /proc
+    entries belong to root and it cannot be traced; children regain dumpability at exec, so
+    user code is unaffected. As PID 1 of its container (no --init), signals from inside for
+    which it keeps the default action are dropped by the kernel: SIGINT is set back to the
+    default so that user code cannot interrupt the agent."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_dumpable = 4
+        if libc.prctl(pr_set_dumpable, 0, 0, 0, 0) != 0:
+            log(f"prctl(PR_SET_DUMPABLE, 0) failed: {os.strerror(ctypes.get_errno())}")
+    except (ImportError, OSError, AttributeError) as error:
+        log(f"cannot make the agent undumpable: {error}")
+
+
 def main():
     # Stdout (fd 1) is the protocol channel: a stray print must land in the log instead.
     sys.stdout = sys.stderr
+    guard_channel()
     asyncio.run(serve())
 
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use messages::node::NodeHealth;
 use messages::session::NO_HEALTHY_NODES;
-use messages::template::ContainerSpec;
+use messages::template::{ContainerSpec, NetworkMode, Runtime};
 use messages::{ErrorBody, ErrorCode, NodeId, SessionId};
 
 use super::{Fleet, NodeState, Reservation};
@@ -29,9 +29,31 @@ impl NodeState {
     ) -> bool {
         self.health(now) == NodeHealth::Online
             && holds_image(&self.registration.cached_images, &spec.image)
+            && self.offers_runtime(spec.runtime)
+            && self.takes_network(spec.network)
             && !exclude.contains(&self.registration.node_id)
             && self.has_room_for(&spec.resources)
     }
+
+    fn offers_runtime(&self, runtime: Runtime) -> bool {
+        self.registration.runtimes.contains(&runtime)
+    }
+
+    /// Networked sessions go only to nodes that hold them behind their egress rules.
+    fn takes_network(&self, network: NetworkMode) -> bool {
+        network == NetworkMode::None || self.registration.network_refusal.is_none()
+    }
+}
+
+/// The refusal of a session whose runtime no healthy node offers; it names the runtime.
+pub fn runtime_missing(runtime: Runtime) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::InvalidRequest,
+        format!(
+            "runtime '{runtime}' is offered by no healthy node: install it on a node \
+             (ops/install-deps.sh registers gVisor as runsc) or use runtime 'runc'"
+        ),
+    )
 }
 
 /// Whether `cached` (a node's `repo:tag` list) holds `image`. A reference by digest cannot be
@@ -157,7 +179,32 @@ impl Fleet {
         if healthy.is_empty() {
             return Err(image_missing(&spec.image));
         }
+        let healthy: Vec<&NodeState> = healthy
+            .into_iter()
+            .filter(|node| node.offers_runtime(spec.runtime))
+            .collect();
+        if healthy.is_empty() {
+            return Err(runtime_missing(spec.runtime));
+        }
+        if !healthy.iter().any(|node| node.takes_network(spec.network)) {
+            let reasons: Vec<String> = healthy
+                .iter()
+                .filter_map(|node| {
+                    let refusal = node.registration.network_refusal.as_ref()?;
+                    Some(format!("{}: {refusal}", node.registration.node_id))
+                })
+                .take(3)
+                .collect();
+            return Err(ErrorBody::new(
+                ErrorCode::Capacity,
+                format!(
+                    "no healthy node takes networked sessions ({})",
+                    reasons.join("; ")
+                ),
+            ));
+        }
         let resources = &spec.resources;
+        let guarantee = resources.guarantee();
         let candidates: Vec<&NodeState> = healthy
             .iter()
             .copied()
@@ -175,9 +222,10 @@ impl Fleet {
                 ErrorBody::new(
                     ErrorCode::Capacity,
                     format!(
-                        "no healthy node has room for {} CPU and {} MB ({} healthy, all full)",
-                        resources.cpu_cores,
-                        resources.memory_mb,
+                        "no healthy node has room for a guarantee of {} CPU and {} MB ({} healthy, \
+                         all full)",
+                        guarantee.cpu_cores,
+                        guarantee.memory_mb,
                         healthy.len()
                     ),
                 )

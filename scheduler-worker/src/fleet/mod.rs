@@ -20,12 +20,14 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use messages::node::{Heartbeat, NodeHealth, NodeInfo, NodeRegistration, NodeSelfStatus};
+use messages::node::{
+    Heartbeat, HostFigures, NodeHealth, NodeInfo, NodeRegistration, NodeSelfStatus,
+};
 use messages::{NodeId, SessionId};
 
 use crate::store::NodeRecord;
 
-pub use choose::image_missing;
+pub use choose::{image_missing, runtime_missing};
 pub use health::{HealthChange, MISSED_HEARTBEATS_OFFLINE, MISSED_HEARTBEATS_SUSPECT};
 use usage::{Reservation, Usage};
 
@@ -40,6 +42,8 @@ struct NodeState {
     /// How recent `reported` is: the heartbeat it came from, or (`true`) a command's snapshot
     /// taken after that heartbeat. Older figures never overwrite newer ones.
     reported_as_of: (u64, bool),
+    /// Limits and the host's real free memory and disk, from the last heartbeat with them.
+    host: Option<HostFigures>,
     self_status: NodeSelfStatus,
     reservations: HashMap<SessionId, Reservation>,
     /// The health last announced by [`Fleet::health_changes`].
@@ -74,6 +78,7 @@ impl NodeState {
                 memory_mb: record.allocated_memory_mb,
             },
             reported_as_of: (0, false),
+            host: None,
             self_status: match record.status.as_str() {
                 // It said it stopped: no placements until it is heard from again.
                 "offline" => NodeSelfStatus::Stopping,
@@ -110,6 +115,9 @@ impl NodeState {
             running_containers: self.reported.containers,
             allocated_cpu_cores: self.reported.cpu_cores,
             allocated_memory_mb: self.reported.memory_mb,
+            host: self.host,
+            runtimes: registration.runtimes.clone(),
+            network_refusal: registration.network_refusal.clone(),
             cached_images: registration.cached_images.clone(),
             labels: registration.labels.clone(),
             daemon_version: registration.daemon_version.clone(),
@@ -205,6 +213,7 @@ impl Fleet {
             last_sequence: 0,
             reported: Usage::default(),
             reported_as_of: (0, false),
+            host: None,
             self_status: NodeSelfStatus::Online,
             reservations,
             announced: NodeHealth::Offline,
@@ -240,6 +249,9 @@ impl Fleet {
         node.last_heartbeat_at = Some(heartbeat.timestamp);
         node.last_sequence = sequence;
         node.self_status = heartbeat.status;
+        if heartbeat.host.is_some() {
+            node.host = heartbeat.host;
+        }
         if (sequence, false) >= node.reported_as_of {
             node.reported_as_of = (sequence, false);
             node.reported = Usage {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use messages::node::{Heartbeat, NodeRegistration, NodeSelfStatus, NodeUsage};
-use messages::template::{ContainerSpec, NetworkMode, Resources};
+use messages::template::{ContainerSpec, NetworkMode, Resources, Runtime};
 use messages::{NodeId, SessionId};
 
 use super::Fleet;
@@ -27,6 +27,8 @@ pub(super) fn registration(id: &str, max_containers: u32, images: &[&str]) -> No
         heartbeat_interval_ms: 1000,
         started_at: Utc::now(),
         inventory: None,
+        runtimes: vec![Runtime::Runc],
+        network_refusal: None,
     }
 }
 
@@ -39,13 +41,19 @@ impl Fleet {
 pub(super) fn spec(cpu_cores: f64) -> ContainerSpec {
     ContainerSpec {
         image: "img".into(),
+        // Guaranteed what they may use, so these tests count limits.
         resources: Resources {
             cpu_cores,
             memory_mb: 256,
             pids_limit: 64,
+            cpu_request_cores: Some(cpu_cores),
+            memory_request_mb: Some(256),
+            ..Resources::default()
         },
         network: NetworkMode::None,
         env: BTreeMap::new(),
+        runtime: Runtime::Runc,
+        egress: Default::default(),
     }
 }
 
@@ -68,6 +76,7 @@ pub(super) fn heartbeat(
         allocated_memory_mb: 0,
         status,
         warm_containers: 0,
+        host: None,
     }
 }
 

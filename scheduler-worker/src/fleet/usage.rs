@@ -15,10 +15,12 @@ pub(super) struct Usage {
 }
 
 impl Usage {
+    /// Counts a sandbox by what it is guaranteed, as the node's admission does.
     fn add(&mut self, resources: &Resources) {
+        let guarantee = resources.guarantee();
         self.containers += 1;
-        self.cpu_cores += resources.cpu_cores;
-        self.memory_mb += resources.memory_mb;
+        self.cpu_cores += guarantee.cpu_cores;
+        self.memory_mb += guarantee.memory_mb;
     }
 }
 
@@ -41,19 +43,26 @@ impl NodeState {
         usage
     }
 
+    /// Whether the node has room for the guarantee of `resources` (and for one more
+    /// container); limits may add up past the node's size.
     pub(super) fn has_room_for(&self, resources: &Resources) -> bool {
         let usage = self.usage();
         let registration = &self.registration;
+        let guarantee = resources.guarantee();
         // A little slack for float sums such as 0.1 + 0.2.
         usage.containers < registration.max_containers
-            && usage.cpu_cores + resources.cpu_cores <= registration.total_cpu_cores + 1e-9
-            && usage.memory_mb + resources.memory_mb <= registration.total_memory_mb
+            && usage.cpu_cores + guarantee.cpu_cores <= registration.total_cpu_cores + 1e-9
+            && usage.memory_mb + guarantee.memory_mb <= registration.total_memory_mb
+            && self
+                .host
+                .is_none_or(|host| guarantee.memory_mb <= host.memory_available_mb)
     }
 
     /// The highest of the container, CPU and memory fill ratios after adding `resources`.
     pub(super) fn load_with(&self, resources: &Resources) -> f64 {
         let usage = self.usage();
         let registration = &self.registration;
+        let resources = resources.guarantee();
         let ratio = |used: f64, total: f64| if total > 0.0 { used / total } else { 1.0 };
         ratio(
             f64::from(usage.containers + 1),

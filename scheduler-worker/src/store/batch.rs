@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use messages::SessionId;
+use messages::egress::Egress;
 use messages::session::Session;
 use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
@@ -23,8 +24,9 @@ const MAX_BATCH: usize = 256;
 #[derive(Debug)]
 pub(super) enum Write {
     InsertSession {
-        session: Session,
+        session: Box<Session>,
         env: BTreeMap<String, String>,
+        egress: Egress,
         done: oneshot::Sender<Result<bool, StoreError>>,
         inserted: bool,
     },
@@ -150,10 +152,11 @@ impl Write {
             Write::InsertSession {
                 session,
                 env,
+                egress,
                 inserted,
                 ..
             } => {
-                *inserted = insert_session_query!(&*session, &*env)
+                *inserted = insert_session_query!(&**session, &*env, &*egress)
                     .execute(executor)
                     .await?
                     .rows_affected()

@@ -8,24 +8,27 @@ macro_rules! session_columns {
     () => {
         "id, template_id, status, runtime_node, container_id, image, cpu_cores, memory_mb, \
          pids_limit, network, env, failure_code, failure_reason, created_at, updated_at, \
-         started_at, ended_at, timeout_seconds, expires_at"
+         started_at, ended_at, timeout_seconds, expires_at, disk_mb, cpu_request_cores, \
+         memory_request_mb, runtime, egress"
     };
 }
 
 /// The insert of a new session (unless one with its id exists), bound to its values; for
 /// either backend.
 macro_rules! insert_session_query {
-    ($session:expr, $env:expr) => {{
-        let (session, env): (
+    ($session:expr, $env:expr, $egress:expr) => {{
+        let (session, env, egress): (
             &messages::session::Session,
             &std::collections::BTreeMap<String, String>,
-        ) = ($session, $env);
+            &messages::egress::Egress,
+        ) = ($session, $env, $egress);
         sqlx::query(
             "INSERT INTO sessions (id, template_id, status, runtime_node, container_id, image, \
              cpu_cores, memory_mb, pids_limit, network, env, failure_code, failure_reason, \
-             created_at, updated_at, started_at, ended_at, timeout_seconds, expires_at) \
+             created_at, updated_at, started_at, ended_at, timeout_seconds, expires_at, disk_mb, \
+             cpu_request_cores, memory_request_mb, runtime, egress) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19) \
+             $18, $19, $20, $21, $22, $23, $24) \
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(session.id.as_str())
@@ -47,6 +50,16 @@ macro_rules! insert_session_query {
         .bind(session.ended_at)
         .bind($crate::store::rows::to_i64(session.timeout_seconds))
         .bind(session.expires_at)
+        .bind($crate::store::rows::to_i64(session.resources.disk_mb))
+        .bind(session.resources.cpu_request_cores)
+        .bind(
+            session
+                .resources
+                .memory_request_mb
+                .map($crate::store::rows::to_i64),
+        )
+        .bind(session.runtime.as_str())
+        .bind($crate::store::rows::to_json(egress))
     }};
 }
 
@@ -66,7 +79,7 @@ macro_rules! transition_query {
     }};
 }
 
-/// A template definition's values bound as `$1` (id) to `$11` (warm_pool_size), in the column
+/// A template definition's values bound as `$1` (id) to `$16` (egress), in the column
 /// order of `INSERT INTO templates`; the caller binds the times after them.
 macro_rules! bind_template_definition {
     ($query:expr, $definition:expr) => {{
@@ -83,6 +96,16 @@ macro_rules! bind_template_definition {
             .bind($crate::store::rows::to_json(&definition.env))
             .bind($crate::store::rows::to_i64(definition.timeout_seconds))
             .bind(i64::from(definition.warm_pool_size))
+            .bind($crate::store::rows::to_i64(definition.resources.disk_mb))
+            .bind(definition.resources.cpu_request_cores)
+            .bind(
+                definition
+                    .resources
+                    .memory_request_mb
+                    .map($crate::store::rows::to_i64),
+            )
+            .bind(definition.runtime.as_str())
+            .bind($crate::store::rows::to_json(&definition.egress))
     }};
 }
 

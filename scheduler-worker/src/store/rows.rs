@@ -3,10 +3,13 @@
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
+use messages::egress::Egress;
 use messages::execution::{Execution, ExecutionStatus, Language};
 use messages::node::NodeRegistration;
 use messages::session::{Session, SessionStatus};
-use messages::template::{ContainerSpec, NetworkMode, Resources, Template, TemplateDefinition};
+use messages::template::{
+    ContainerSpec, NetworkMode, Resources, Runtime, Template, TemplateDefinition,
+};
 use messages::{ErrorCode, ExecutionId, NodeId, SessionId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -74,20 +77,62 @@ pub(super) struct TemplateRow {
     env: String,
     timeout_seconds: i64,
     warm_pool_size: i64,
+    #[sqlx(flatten)]
+    isolation: IsolationColumns,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+}
+
+/// The columns templates and sessions share beyond the limits: the disk quota, the requests,
+/// the runtime and the egress rules (migration 0005).
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct IsolationColumns {
+    disk_mb: i64,
+    cpu_request_cores: Option<f64>,
+    memory_request_mb: Option<i64>,
+    runtime: String,
+    egress: String,
+}
+
+impl IsolationColumns {
+    fn resources(
+        &self,
+        check: &Check,
+        cpu_cores: f64,
+        memory_mb: i64,
+        pids_limit: i64,
+    ) -> Result<Resources, StoreError> {
+        Ok(Resources {
+            cpu_cores,
+            memory_mb: check.unsigned("memory_mb", memory_mb)?,
+            pids_limit: check.unsigned("pids_limit", pids_limit)?,
+            disk_mb: check.unsigned("disk_mb", self.disk_mb)?,
+            cpu_request_cores: self.cpu_request_cores,
+            memory_request_mb: self
+                .memory_request_mb
+                .map(|mb| check.unsigned("memory_request_mb", mb))
+                .transpose()?,
+        })
+    }
+
+    fn runtime(&self, check: &Check) -> Result<Runtime, StoreError> {
+        check.parse("runtime", &self.runtime)
+    }
+
+    fn egress(&self, check: &Check) -> Result<Egress, StoreError> {
+        check.json("egress", &self.egress)
+    }
 }
 
 impl TryFrom<TemplateRow> for Template {
     type Error = StoreError;
     fn try_from(row: TemplateRow) -> Result<Self, StoreError> {
         let check = Check::row("templates", &row.id);
+        let isolation = &row.isolation;
         let definition = TemplateDefinition {
-            resources: Resources {
-                cpu_cores: row.cpu_cores,
-                memory_mb: check.unsigned("memory_mb", row.memory_mb)?,
-                pids_limit: check.unsigned("pids_limit", row.pids_limit)?,
-            },
+            resources: isolation.resources(&check, row.cpu_cores, row.memory_mb, row.pids_limit)?,
+            runtime: isolation.runtime(&check)?,
+            egress: isolation.egress(&check)?,
             network: check.parse("network", &row.network)?,
             env: check.json("env", &row.env)?,
             timeout_seconds: check.unsigned("timeout_seconds", row.timeout_seconds)?,
@@ -126,6 +171,8 @@ pub(super) struct SessionRow {
     ended_at: Option<DateTime<Utc>>,
     timeout_seconds: i64,
     expires_at: Option<DateTime<Utc>>,
+    #[sqlx(flatten)]
+    isolation: IsolationColumns,
 }
 
 impl SessionRow {
@@ -141,12 +188,14 @@ impl SessionRow {
                 .as_deref()
                 .map(|node| check.parse::<NodeId>("runtime_node", node))
                 .transpose()?,
-            resources: Resources {
-                cpu_cores: self.cpu_cores,
-                memory_mb: check.unsigned("memory_mb", self.memory_mb)?,
-                pids_limit: check.unsigned("pids_limit", self.pids_limit)?,
-            },
+            resources: self.isolation.resources(
+                &check,
+                self.cpu_cores,
+                self.memory_mb,
+                self.pids_limit,
+            )?,
             network: check.parse::<NetworkMode>("network", &self.network)?,
+            runtime: self.isolation.runtime(&check)?,
             failure_code: self.failure_code.as_deref().map(ErrorCode::parse),
             template_id: self.template_id,
             container_id: self.container_id,
@@ -164,6 +213,8 @@ impl SessionRow {
             resources: session.resources,
             network: session.network,
             env: check.json("env", &self.env)?,
+            runtime: session.runtime,
+            egress: self.isolation.egress(&check)?,
         };
         Ok((session, spec))
     }
@@ -230,6 +281,9 @@ impl TryFrom<NodeRow> for NodeRecord {
                     .unsigned("heartbeat_interval_ms", row.heartbeat_interval_ms)?,
                 started_at: row.registered_at,
                 inventory: None,
+                // Not stored: what the node offers is known again when it announces itself.
+                runtimes: vec![Runtime::Runc],
+                network_refusal: None,
             },
             status: row.status,
             running_containers: check.unsigned("running_containers", row.running_containers)?,

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use messages::api::sessions::ListSessions;
+use messages::egress::Egress;
 use messages::session::{Session, SessionStatus};
 use messages::template::ContainerSpec;
 use messages::{ErrorCode, NodeId, SessionId};
@@ -72,26 +73,28 @@ fn live_statuses() -> String {
 
 impl Store {
     /// Records a new session with the environment its container is made with (kept out of
-    /// [`Session`], which the API shows, because it may hold secrets); `false` when one with
-    /// this id exists already (a redelivery).
+    /// [`Session`], which the API shows, because it may hold secrets) and its egress rules;
+    /// `false` when one with this id exists already (a redelivery).
     pub async fn insert_session_if_absent(
         &self,
         session: &Session,
         env: &BTreeMap<String, String>,
+        egress: &Egress,
     ) -> Result<bool, StoreError> {
         let inserted = match &self.pool {
             Pool::Sqlite { batcher, .. } => {
                 batcher
                     .submit(|done| batch::Write::InsertSession {
-                        session: session.clone(),
+                        session: Box::new(session.clone()),
                         env: env.clone(),
+                        egress: egress.clone(),
                         done,
                         inserted: false,
                     })
                     .await?
             }
             Pool::Postgres(pool) => {
-                insert_session_query!(session, env)
+                insert_session_query!(session, env, egress)
                     .execute(pool)
                     .await?
                     .rows_affected()

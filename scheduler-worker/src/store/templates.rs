@@ -3,44 +3,48 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use messages::template::{NetworkMode, Resources, Template, TemplateDefinition};
+use messages::egress::Egress;
+use messages::template::{NetworkMode, Resources, Runtime, Template, TemplateDefinition};
 
 use super::rows::TemplateRow;
 use super::{Store, StoreError, now};
 
 /// The templates every fresh database has. `python-basic` is the seed's, with the executor
 /// image; it has no network, the safe default for untrusted code. `python-network` joins the
-/// node's `sandbox_network` bridge.
-fn seed_templates(at: DateTime<Utc>) -> [Template; 2] {
-    let resources = Resources {
-        cpu_cores: 1.0,
-        memory_mb: 512,
-        pids_limit: 256,
-    };
+/// node's `sandbox_network` bridge (with the default egress rules: the internet, not the host or
+/// private ranges). `python-gvisor` runs under gVisor, for a boundary stronger than the shared
+/// kernel.
+fn seed_templates(at: DateTime<Utc>) -> [Template; 3] {
     let env = BTreeMap::from([("LANG".to_owned(), "C.UTF-8".to_owned())]);
+    let python = TemplateDefinition {
+        id: "python-basic".into(),
+        name: "Python 3".into(),
+        description: "Python 3 on Debian, no network".into(),
+        image_url: "sandbox-executor:v1.0".into(),
+        resources: Resources::default(),
+        network: NetworkMode::None,
+        env,
+        timeout_seconds: 300,
+        warm_pool_size: 0,
+        runtime: Runtime::Runc,
+        egress: Egress::default(),
+    };
     [
-        TemplateDefinition {
-            id: "python-basic".into(),
-            name: "Python 3".into(),
-            description: "Python 3 on Debian, no network".into(),
-            image_url: "sandbox-executor:v1.0".into(),
-            resources,
-            network: NetworkMode::None,
-            env: env.clone(),
-            timeout_seconds: 300,
-            warm_pool_size: 0,
-        },
         TemplateDefinition {
             id: "python-network".into(),
             name: "Python 3 on sandbox_network".into(),
             description: "Python 3 on Debian, attached to the node's sandbox_network bridge".into(),
-            image_url: "sandbox-executor:v1.0".into(),
-            resources,
             network: NetworkMode::SandboxNetwork,
-            env,
-            timeout_seconds: 300,
-            warm_pool_size: 0,
+            ..python.clone()
         },
+        TemplateDefinition {
+            id: "python-gvisor".into(),
+            name: "Python 3 under gVisor".into(),
+            description: "Python 3 on Debian, no network, under gVisor's user-space kernel".into(),
+            runtime: Runtime::Gvisor,
+            ..python.clone()
+        },
+        python,
     ]
     .map(|definition| template_of(&definition, at))
 }
@@ -64,8 +68,10 @@ impl Store {
         let added = on_writer!(self, pool => {
             let insert = sqlx::query(
                 "INSERT INTO templates (id, name, description, image_url, cpu_cores, memory_mb, \
-                 pids_limit, network, env, timeout_seconds, warm_pool_size, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 pids_limit, network, env, timeout_seconds, warm_pool_size, disk_mb, \
+                 cpu_request_cores, memory_request_mb, runtime, egress, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                 $17, $18) \
                  ON CONFLICT (id) DO NOTHING",
             );
             bind_template_definition!(insert, definition)
@@ -117,7 +123,9 @@ impl Store {
             let update = sqlx::query_as(
                 "UPDATE templates SET name = $2, description = $3, image_url = $4, \
                  cpu_cores = $5, memory_mb = $6, pids_limit = $7, network = $8, env = $9, \
-                 timeout_seconds = $10, warm_pool_size = $11, updated_at = $12 WHERE id = $1 \
+                 timeout_seconds = $10, warm_pool_size = $11, disk_mb = $12, \
+                 cpu_request_cores = $13, memory_request_mb = $14, runtime = $15, egress = $16, \
+                 updated_at = $17 WHERE id = $1 \
                  RETURNING *",
             );
             bind_template_definition!(update, definition)

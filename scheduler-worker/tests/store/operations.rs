@@ -68,7 +68,7 @@ pub async fn sessions_expire_are_kept_alive_and_end(store: &Store) {
     expiring.runtime_node = Some(node_id());
     expiring.started_at = Some(old);
     store
-        .insert_session_if_absent(&expiring, &BTreeMap::new())
+        .insert_session_if_absent(&expiring, &BTreeMap::new(), &Default::default())
         .await
         .expect("inserts");
     let expired = store.expired_sessions(base).await.expect("queries");

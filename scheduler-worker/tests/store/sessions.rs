@@ -24,7 +24,7 @@ fn no_healthy_nodes() -> Transition {
 async fn inserted(store: &Store, id: &str, template_id: &str) -> Session {
     let recorded = session(id, template_id, store::now());
     store
-        .insert_session_if_absent(&recorded, &BTreeMap::new())
+        .insert_session_if_absent(&recorded, &BTreeMap::new(), &Default::default())
         .await
         .expect("inserts");
     recorded
@@ -40,6 +40,7 @@ async fn three_sessions(store: &Store) {
             .insert_session_if_absent(
                 &session(id, template_id, base + seconds(age)),
                 &BTreeMap::new(),
+                &Default::default(),
             )
             .await
             .expect("inserts");
@@ -53,7 +54,7 @@ async fn three_sessions(store: &Store) {
         .expect("exists");
     let third = session("s-3", "python-basic", base + seconds(2));
     store
-        .insert_session_if_absent(&third, &BTreeMap::new())
+        .insert_session_if_absent(&third, &BTreeMap::new(), &Default::default())
         .await
         .expect("inserts");
 }
@@ -81,13 +82,13 @@ pub async fn a_session_is_recorded_once_whatever_the_redeliveries(store: &Store)
     let env = BTreeMap::from([("SECRET".to_owned(), "x".to_owned())]);
     assert!(
         store
-            .insert_session_if_absent(&first, &env)
+            .insert_session_if_absent(&first, &env, &Default::default())
             .await
             .expect("inserts")
     );
     assert!(
         !store
-            .insert_session_if_absent(&first, &env)
+            .insert_session_if_absent(&first, &env, &Default::default())
             .await
             .expect("inserts")
     );

@@ -165,7 +165,10 @@ impl System {
     /// Starts a node daemon in this process without waiting for a scheduler to take it.
     pub async fn start_node_unchecked(&mut self, extra_flags: &[&str]) -> String {
         let node_id = self.stack.new_node_id("node");
+        let state_dir = self.stack.node_state_dir(&node_id);
         let mut flags: Vec<String> = [
+            "--state-dir",
+            &state_dir.to_string_lossy(),
             "--nats-url",
             &self.stack.nats_url(),
             "--node-id",
