@@ -122,8 +122,21 @@ impl Egress {
         let parse = |entries: &[String]| -> Result<Vec<Destination>, String> {
             entries.iter().map(|entry| entry.parse()).collect()
         };
+        let allow = parse(&self.allow)?;
+        // Cloud metadata endpoints live there; no template may open them.
+        let link_local: ipnet::IpNet =
+            ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(169, 254, 0, 0), 16).into();
+        if let Some(opening) = allow.iter().find(|destination| {
+            matches!(destination, Destination::Network(network)
+                if network.contains(&link_local) || link_local.contains(network))
+        }) {
+            return Err(format!(
+                "egress allow entry {opening} opens link-local 169.254.0.0/16 (cloud metadata), \
+                 which no sandbox may reach"
+            ));
+        }
         Ok(EgressRules {
-            allow: parse(&self.allow)?,
+            allow,
             deny: parse(&self.deny)?,
         })
     }
@@ -169,6 +182,18 @@ mod tests {
         };
         assert!(egress.rules().expect("valid").allow_only());
         assert!(!Egress::default().rules().expect("valid").allow_only());
+        for opening in ["0.0.0.0/0", "169.254.169.254", "169.0.0.0/8"] {
+            let egress = Egress {
+                allow: vec![opening.into()],
+                deny: vec![],
+            };
+            assert!(
+                egress
+                    .check()
+                    .is_err_and(|error| error.contains("metadata")),
+                "{opening}"
+            );
+        }
         let too_many = Egress {
             allow: vec!["1.1.1.1".into(); MAX_EGRESS_RULES + 1],
             deny: vec![],

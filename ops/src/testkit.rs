@@ -296,8 +296,9 @@ pub async fn remove_docker_objects(node_id: &str, network: &str) -> anyhow::Resu
     Ok(())
 }
 
-/// Removes the egress hooks a node daemon put in for `bridge` and the chains they lead to (its
-/// node chains and its sandboxes' chains), so a test leaves no iptables rules behind.
+/// Removes the egress hooks a node daemon put in for `bridge` (from `DOCKER-USER`, `FORWARD`
+/// and `INPUT`) and the chains they lead to (its node chains and its sandboxes' chains), so a
+/// test leaves no iptables rules behind.
 pub fn remove_egress_rules(bridge: &str) {
     let iptables = |args: &[&str]| -> Option<String> {
         let output = Command::new("iptables")
@@ -310,40 +311,41 @@ pub fn remove_egress_rules(bridge: &str) {
             .success()
             .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
     };
-    for hook_chain in ["DOCKER-USER", "INPUT"] {
-        let Some(listing) = iptables(&["-S", hook_chain]) else {
-            continue;
-        };
-        let hooked: Vec<String> = listing
-            .lines()
-            .filter_map(|line| {
-                let rest = line.strip_prefix(&format!("-A {hook_chain} -i {bridge} -j "))?;
-                Some(rest.trim().to_owned())
-            })
-            .collect();
-        for chain in hooked {
-            let _ = iptables(&["-D", hook_chain, "-i", bridge, "-j", &chain]);
-            let targets: Vec<String> = iptables(&["-S", &chain])
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|line| line.split(" -j ").nth(1))
-                .map(|target| {
-                    target
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned()
-                })
-                .filter(|target| {
-                    target.starts_with(chain.trim_end_matches("-FWD")) && *target != chain
-                })
-                .collect();
-            let _ = iptables(&["-F", &chain]);
-            let _ = iptables(&["-X", &chain]);
-            for target in targets {
-                let _ = iptables(&["-F", &target]);
-                let _ = iptables(&["-X", &target]);
+    // The chain a rule jumps (`-j`) or goes (`-g`) to.
+    let target = |line: &str| -> Option<String> {
+        let mut words = line.split_whitespace();
+        while let Some(word) = words.next() {
+            if word == "-j" || word == "-g" {
+                return words.next().map(str::to_owned);
             }
+        }
+        None
+    };
+    let mut chains = Vec::new();
+    for hook_chain in ["DOCKER-USER", "FORWARD", "INPUT"] {
+        let listing = iptables(&["-S", hook_chain]).unwrap_or_default();
+        let prefix = format!("-A {hook_chain} -i {bridge} ");
+        for line in listing.lines().filter(|line| line.starts_with(&prefix)) {
+            let Some(chain) = target(line) else { continue };
+            if matches!(chain.as_str(), "ACCEPT" | "DROP" | "RETURN" | "REJECT") {
+                continue;
+            }
+            let _ = iptables(&["-D", hook_chain, "-i", bridge, "-j", &chain]);
+            if !chains.contains(&chain) {
+                chains.push(chain);
+            }
+        }
+    }
+    for chain in chains {
+        let sandboxes: Vec<String> = iptables(&["-S", &chain])
+            .unwrap_or_default()
+            .lines()
+            .filter_map(target)
+            .filter(|to| to.starts_with(chain.trim_end_matches("-FWD")) && *to != chain)
+            .collect();
+        for name in std::iter::once(chain).chain(sandboxes) {
+            let _ = iptables(&["-F", &name]);
+            let _ = iptables(&["-X", &name]);
         }
     }
 }

@@ -143,6 +143,9 @@ impl EgressFirewall {
         };
         let mut open = self.inner.open.lock().await;
         self.write_sandbox(key, &sandbox).await?;
+        // A sandbox that had this address is gone (its jump was just replaced): forgotten, so
+        // `check_hooks` does not put its jump back. Its chain goes with `close` or `retain`.
+        open.retain(|other, sandbox| other == key || sandbox.address != address);
         open.insert(key.to_owned(), sandbox);
         Ok(())
     }
@@ -162,9 +165,7 @@ impl EgressFirewall {
         let snapshot: Vec<(String, Sandbox)> = {
             let open = self.inner.open.lock().await;
             open.iter()
-                .filter(|(_, sandbox)| {
-                    !sandbox.resolved.is_empty() || !resolve::domains(&sandbox.rules).is_empty()
-                })
+                .filter(|(_, sandbox)| !resolve::domains(&sandbox.rules).is_empty())
                 .map(|(key, sandbox)| (key.clone(), sandbox.clone()))
                 .collect()
         };
@@ -265,7 +266,6 @@ impl EgressFirewall {
         table::remove_chains(&self.inner.chains, |chain| self.inner.chains.owns(chain)).await
     }
 
-    /// The two hook rules, as `iptables -C/-I/-D` take them after the flag.
     fn sandbox_lines(&self, chain: &str, sandbox: &Sandbox) -> Vec<String> {
         rules::sandbox_chain(chain, &sandbox.rules, &sandbox.resolved, self.inner.subnet)
     }

@@ -248,7 +248,7 @@ pub async fn the_seeds_template_query_runs(db: &Database) {
 pub async fn connecting_again_migrates_nothing_twice_and_keeps_the_data(db: &Database) {
     three_sessions(&db.store).await;
     let again = db.reconnect().await;
-    assert_eq!(again.list_templates().await.expect("lists").len(), 2);
+    assert_eq!(again.list_templates().await.expect("lists").len(), 3);
     let newest = SessionId::parse("s-3").expect("valid");
     assert!(
         again

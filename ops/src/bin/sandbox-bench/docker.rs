@@ -292,7 +292,7 @@ async fn wait_for_full_pool(template_id: &str, size: usize) -> anyhow::Result<()
     Ok(())
 }
 
-async fn create_session(
+pub(crate) async fn create_session(
     http: &reqwest::Client,
     url: &str,
     template: &str,
@@ -310,7 +310,11 @@ async fn create_session(
     Ok(body)
 }
 
-async fn delete_session(http: &reqwest::Client, url: &str, id: &str) -> anyhow::Result<()> {
+pub(crate) async fn delete_session(
+    http: &reqwest::Client,
+    url: &str,
+    id: &str,
+) -> anyhow::Result<()> {
     http.delete(format!("{url}/api/v1/sessions/{id}"))
         .send()
         .await?
@@ -333,6 +337,6 @@ fn docker(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-fn ms_since(start: Instant) -> f64 {
+pub(crate) fn ms_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
 }

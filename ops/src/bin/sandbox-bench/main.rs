@@ -5,9 +5,11 @@
 //! containers it made removed); the rows make one table, printed and written as JSON. Run it
 //! through `ops/bench/run.sh`.
 //!
-//! Phases: [`placements`] (d, f, g), [`heartbeats`] (e), [`docker`] (a, b, c); [`report`] is the
+//! Phases: [`placements`] (d, f, g), [`heartbeats`] (e), [`docker`] (a, b, c), [`density`]
+//! (h, i); [`report`] is the
 //! table, [`measure`] what the phases stand on and read.
 
+mod density;
 mod docker;
 mod heartbeats;
 mod measure;
@@ -68,6 +70,16 @@ struct Args {
     /// Samples of each side of the Docker comparisons (a, b, c).
     #[arg(long, default_value_t = 20)]
     docker_runs: usize,
+    /// The phases to run: placements (d, f, g), heartbeats (e), docker (a, b, c), density (h, i).
+    #[arg(
+        long,
+        default_value = "placements,heartbeats,docker,density",
+        value_delimiter = ','
+    )]
+    phases: Vec<String>,
+    /// Idle sandboxes held on the host for the density measurement (h).
+    #[arg(long, default_value = "0,100,500", value_delimiter = ',')]
+    density_levels: Vec<u32>,
     /// Skip the measurements that need Docker (a, b, c and the real node daemon's memory).
     #[arg(long)]
     skip_docker: bool,
@@ -88,8 +100,19 @@ async fn main() -> anyhow::Result<()> {
     let binaries = Binaries::in_dir(&args.bin_dir)?;
     args.check()?;
     let begun = Instant::now();
-    let mut rows = placements::run(&args, &binaries).await;
-    rows.extend(heartbeats::run(&args, &binaries).await);
-    rows.extend(docker::run(&args, &binaries).await);
+    let phase = |name: &str| args.phases.iter().any(|phase| phase == name);
+    let mut rows = Vec::new();
+    if phase("placements") {
+        rows.extend(placements::run(&args, &binaries).await);
+    }
+    if phase("heartbeats") {
+        rows.extend(heartbeats::run(&args, &binaries).await);
+    }
+    if phase("docker") {
+        rows.extend(docker::run(&args, &binaries).await);
+    }
+    if phase("density") {
+        rows.extend(density::run(&args, &binaries).await);
+    }
     report::finish(rows, begun, &args.json)
 }
