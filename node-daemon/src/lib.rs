@@ -90,7 +90,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     }
 
     // 5. Where the sandboxes' disks go.
-    let volumes = Volumes::new(&config.state_dir);
+    let volumes = Volumes::new(&config.state_dir, config.node_id.as_str());
     volumes
         .prepare()
         .await
@@ -247,6 +247,7 @@ async fn install_egress(docker: &DockerEngine, config: &Config) -> anyhow::Resul
         chain_prefix: format!("SBX-{:06x}", hash & 0xff_ffff),
         nameservers: (!config.egress_nameservers.is_empty())
             .then(|| config.egress_nameservers.clone()),
+        owner: config.node_id.to_string(),
     })
     .await?;
     Ok(firewall)

@@ -52,16 +52,17 @@ pub struct VolumePaths {
     pub tmp: PathBuf,
 }
 
-/// The volumes of this node's sandboxes, under one folder of the daemon's state directory.
+/// The volumes of this node's sandboxes, in a folder of the daemon's state directory named
+/// after the node, so two daemons on one host never sweep each other's.
 #[derive(Debug, Clone)]
 pub struct Volumes {
     root: PathBuf,
 }
 
 impl Volumes {
-    pub fn new(state_dir: &Path) -> Self {
+    pub fn new(state_dir: &Path, node_id: &str) -> Self {
         Self {
-            root: state_dir.join("volumes"),
+            root: state_dir.join("volumes").join(node_id),
         }
     }
 
@@ -279,7 +280,7 @@ mod tests {
             return;
         }
         let state = tempfile::tempdir().expect("temp dir");
-        let volumes = Volumes::new(state.path());
+        let volumes = Volumes::new(state.path(), "n1");
         volumes.prepare().await.expect("prepare");
         let paths = volumes.create("sandbox-vt", 32).await.expect("create");
         assert!(is_mounted(&volumes.mount_point("sandbox-vt")).await);

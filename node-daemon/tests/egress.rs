@@ -151,6 +151,7 @@ async fn sandboxes_reach_only_what_their_rules_allow() {
         subnet,
         chain_prefix: cleanup.prefix.clone(),
         nameservers: Some(vec![dns]),
+        owner: "egress-test".to_owned(),
     };
     let forward = format!("{}-FWD", cleanup.prefix);
     cleanup

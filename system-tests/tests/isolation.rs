@@ -221,6 +221,66 @@ async fn a_runtime_no_node_offers_is_refused_at_create_by_name() {
     assert_eq!(status, 422, "{body}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runtime_the_node_lacks_is_refused_at_create_naming_it() {
+    require_executor_image();
+    let mut system = System::without_nodes().await;
+    system
+        .start_node_with(&["--gvisor-runtime", "no-such-runtime"])
+        .await;
+    let (status, body) = system
+        .post_json("/api/v1/sessions", &json!({"template_id": "python-gvisor"}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("runtime 'gvisor'"), "{body}");
+    let (status, body) = system
+        .post_json("/api/v1/sessions", &json!({"template_id": "python-basic"}))
+        .await;
+    assert_eq!(status, 201, "runc still works: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_cannot_install_egress_rules_refuses_networked_sessions_and_says_why() {
+    require_executor_image();
+    let mut system = System::without_nodes().await;
+    // A PATH with what the disks need and no iptables.
+    let tools = tempfile::tempdir().expect("a temp dir");
+    for tool in ["mkfs.ext4", "mount", "umount"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .expect("sh runs");
+        let path = String::from_utf8_lossy(&found.stdout).trim().to_owned();
+        std::os::unix::fs::symlink(&path, tools.path().join(tool)).expect("a link");
+    }
+    let path = tools.path().to_string_lossy().into_owned();
+    let node_id = system.start_node_process_with_env(&[("PATH", &path)]).await;
+    let (status, node) = system.get(&format!("/api/v1/nodes/{node_id}")).await;
+    assert_eq!(status, 200);
+    let refusal = node["network_refusal"].as_str().unwrap_or_default();
+    assert!(refusal.contains("iptables"), "{node}");
+    let (status, body) = system
+        .post_json(
+            "/api/v1/sessions",
+            &json!({"template_id": "python-network"}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("networked") && message.contains("iptables"),
+        "{body}"
+    );
+    let (status, body) = system
+        .post_json("/api/v1/sessions", &json!({"template_id": "python-basic"}))
+        .await;
+    assert_eq!(
+        status, 201,
+        "sessions without a network still start: {body}"
+    );
+}
+
 /// A test host in a network namespace of its own, reached from the host through a veth pair,
 /// with a listener answering on `PORT`.
 struct TestHost {

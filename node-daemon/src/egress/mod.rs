@@ -39,6 +39,9 @@ pub struct FirewallConfig {
     pub chain_prefix: String,
     /// The nameservers for the rules' domains; `None` for those of `/etc/resolv.conf`.
     pub nameservers: Option<Vec<SocketAddr>>,
+    /// Whose sandbox chains these are (the node id): [`EgressFirewall::retain`] removes only
+    /// the owner's, so two daemons on one bridge leave each other's alone.
+    pub owner: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +105,9 @@ impl EgressFirewall {
                 "bridge interface {bridge:?} does not exist"
             )));
         }
-        let chains = Chains::new(&config.chain_prefix).map_err(EgressError::Config)?;
+        let chains = Chains::new(&config.chain_prefix)
+            .map_err(EgressError::Config)?
+            .owned_by(&config.owner);
         let resolver = Resolver::new(config.nameservers.as_deref())?;
         let firewall = Self {
             inner: Arc::new(Inner {
@@ -207,7 +212,7 @@ impl EgressFirewall {
         let chains = &self.inner.chains;
         let live: HashSet<String> = live_keys.iter().map(|key| chains.sandbox(key)).collect();
         table::remove_chains(chains, |chain| {
-            chains.is_sandbox(chain) && !live.contains(chain)
+            chains.is_own_sandbox(chain) && !live.contains(chain)
         })
         .await
     }

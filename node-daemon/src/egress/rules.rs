@@ -11,9 +11,12 @@ use std::net::Ipv4Addr;
 use ipnet::{IpNet, Ipv4Net};
 use messages::egress::{Destination, EgressRules};
 
-/// The longest chain prefix: the sandbox chains add `-` and [`HASH_DIGITS`], and iptables takes
-/// chain names of at most 28 characters.
-pub const MAX_PREFIX_LEN: usize = 28 - 1 - HASH_DIGITS;
+/// The longest chain prefix: the sandbox chains add `-`, [`OWNER_DIGITS`] and [`HASH_DIGITS`],
+/// and iptables takes chain names of at most 28 characters.
+pub const MAX_PREFIX_LEN: usize = 28 - 1 - OWNER_DIGITS - HASH_DIGITS;
+/// Hex digits naming the daemon that owns a sandbox chain: two daemons on one bridge (tests, a
+/// host split in two) share the node chains but each sweeps only its own sandboxes' chains.
+const OWNER_DIGITS: usize = 4;
 /// Hex digits of the key's hash in a sandbox chain's name (40 bits: no collision in practice
 /// among one node's sandboxes).
 const HASH_DIGITS: usize = 10;
@@ -46,6 +49,8 @@ pub type Resolved = BTreeMap<String, Vec<Ipv4Addr>>;
 #[derive(Debug, Clone)]
 pub struct Chains {
     prefix: String,
+    /// [`OWNER_DIGITS`] hex digits of the owner's hash.
+    owner: String,
 }
 
 impl Chains {
@@ -58,6 +63,7 @@ impl Chains {
         if valid {
             Ok(Self {
                 prefix: prefix.to_owned(),
+                owner: "0".repeat(OWNER_DIGITS),
             })
         } else {
             Err(format!(
@@ -76,18 +82,31 @@ impl Chains {
         format!("{}-IN", self.prefix)
     }
 
+    /// The same chains, with the sandbox chains of `owner` (a node id).
+    pub fn owned_by(self, owner: &str) -> Self {
+        let owner = format!("{:0width$x}", fnv1a(owner) >> 48, width = OWNER_DIGITS);
+        Self { owner, ..self }
+    }
+
     /// A sandbox's chain. The hash is FNV-1a, stable across builds, so a restarted daemon
     /// finds the chains of the sandboxes it made before.
     pub fn sandbox(&self, key: &str) -> String {
-        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        });
         format!(
-            "{}-{:0width$x}",
+            "{}-{}{:0width$x}",
             self.prefix,
-            hash >> 24,
+            self.owner,
+            fnv1a(key) >> 24,
             width = HASH_DIGITS
         )
+    }
+
+    /// Whether `name` is a sandbox chain of this firewall's owner.
+    pub fn is_own_sandbox(&self, name: &str) -> bool {
+        self.is_sandbox(name)
+            && name
+                .strip_prefix(&self.prefix)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|rest| rest.starts_with(&self.owner))
     }
 
     /// Whether `name` is one of this firewall's chains (node or sandbox).
@@ -105,8 +124,15 @@ impl Chains {
     }
 
     fn is_hash(text: &str) -> bool {
-        text.len() == HASH_DIGITS && text.bytes().all(|b| b.is_ascii_hexdigit())
+        text.len() == OWNER_DIGITS + HASH_DIGITS && text.bytes().all(|b| b.is_ascii_hexdigit())
     }
+}
+
+/// FNV-1a: stable across builds and platforms.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A jump from the forward chain to a sandbox's chain, for the traffic from its address.

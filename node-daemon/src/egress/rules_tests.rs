@@ -60,6 +60,10 @@ fn names_are_short_stable_and_recognised() {
     let longest = Chains::new(&"P".repeat(MAX_PREFIX_LEN)).expect("the longest prefix");
     assert_eq!(longest.sandbox("x").len(), 28);
     assert!(chains.is_sandbox(&sandbox));
+    assert!(chains.is_own_sandbox(&sandbox));
+    let other = chains.clone().owned_by("node-b");
+    assert!(other.is_sandbox(&sandbox) && !other.is_own_sandbox(&sandbox));
+    assert!(other.is_own_sandbox(&other.sandbox("session-1")));
     assert!(!chains.is_sandbox(&chains.forward()));
     assert!(chains.owns(&chains.forward()) && chains.owns(&chains.input()));
     assert!(!chains.owns("SBX-testing-FWD") && !chains.owns("DOCKER-USER"));

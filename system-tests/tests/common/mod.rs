@@ -207,6 +207,19 @@ impl System {
             .expect("the node daemon process is online")
     }
 
+    /// Starts a node daemon process with extra environment variables (say, a `PATH` without
+    /// iptables), and waits until it is online.
+    pub async fn start_node_process_with_env(&mut self, env: &[(&str, &str)]) -> String {
+        let spec = env.iter().fold(
+            Spec::default().option("--heartbeat-interval", "500ms"),
+            |spec, (key, value)| spec.env(key, *value),
+        );
+        self.stack
+            .add_node(spec, ONLINE_LIMIT)
+            .await
+            .expect("the node daemon process is online")
+    }
+
     /// The node daemon process of `node_id`: to kill, freeze, restart, or read its log.
     pub fn node_process(&mut self, node_id: &str) -> &mut Process {
         self.stack
