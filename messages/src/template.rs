@@ -47,8 +47,11 @@ pub const DEFAULT_CPU_REQUEST_DIVISOR: f64 = 64.0;
 /// Without a memory request a sandbox is guaranteed this share of its memory limit (an idle
 /// Python sandbox uses about 20 MB of a 512 MB limit); the node also checks real free memory.
 pub const DEFAULT_MEMORY_REQUEST_DIVISOR: u64 = 8;
-/// The smallest guarantee counted: a thousandth of a core, one MiB.
+/// The smallest CPU guarantee: a thousandth of a core.
 const MIN_CPU_REQUEST_CORES: f64 = 0.001;
+/// The smallest memory guarantee counted (Docker's smallest memory reservation), unless the
+/// limit is smaller still.
+pub const MIN_MEMORY_GUARANTEE_MB: u64 = 6;
 
 fn default_disk_mb() -> u64 {
     DEFAULT_DISK_MB
@@ -103,7 +106,8 @@ impl Resources {
             }),
             memory_mb: self
                 .memory_request_mb
-                .unwrap_or((self.memory_mb / DEFAULT_MEMORY_REQUEST_DIVISOR).max(1)),
+                .unwrap_or(self.memory_mb / DEFAULT_MEMORY_REQUEST_DIVISOR)
+                .max(MIN_MEMORY_GUARANTEE_MB.min(self.memory_mb)),
         }
     }
 

@@ -497,3 +497,47 @@ async fn an_image_made_after_start_is_announced_at_once() {
         .status();
     assert!(announced.is_ok(), "the new image {tag} was not announced");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandboxs_disk_goes_with_its_container_even_across_a_daemon_restart() {
+    let mut harness = Harness::started(|_| {}).await;
+    let volumes = harness
+        .config
+        .state_dir
+        .join("volumes")
+        .join(harness.node_id().as_str());
+    let image = |session_id: &messages::SessionId| {
+        volumes.join(format!("{}.img", session_id.container_name()))
+    };
+
+    // Removed through the node: its disk goes at once.
+    let removed = new_session();
+    harness.create(&removed).await;
+    assert!(
+        image(&removed).exists(),
+        "a disk is made with the container"
+    );
+    harness.remove(&removed).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while image(&removed).exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        !image(&removed).exists(),
+        "released when the container went"
+    );
+
+    // Removed behind the stopped daemon's back: swept when it starts again.
+    let orphaned = new_session();
+    let created = harness.create(&orphaned).await;
+    harness.stop().await;
+    let status = std::process::Command::new("docker")
+        .args(["rm", "-f", &created.container_id])
+        .status()
+        .expect("docker runs");
+    assert!(status.success());
+    assert!(image(&orphaned).exists(), "nobody released it yet");
+    harness.start().await;
+    assert!(!image(&orphaned).exists(), "swept at start");
+    assert!(!volumes.join(orphaned.container_name()).exists());
+}

@@ -444,7 +444,9 @@ pub fn assert_locked_down(
     for mount in &mounts {
         let source = mount.source.as_deref().unwrap_or_default();
         assert!(
-            source.contains("/volumes/sandbox-") && !source.contains("docker.sock"),
+            source.contains("/volumes/")
+                && source.contains("/sandbox-")
+                && !source.contains("docker.sock"),
             "a mount from outside the sandbox's own volume: {source}"
         );
     }
