@@ -440,5 +440,27 @@ async fn a_networked_sandbox_reaches_the_internet_but_not_the_host_nor_what_is_d
         text(&denied, "stdout").contains(&format!("{allowed}:{PORT} refused")),
         "{denied}"
     );
+
+    // Under gVisor the same rules hold: its sandbox uses its container's network namespace.
+    let gvisor = json!({"id": "gvisor-network", "image": "sandbox-executor:v1.0",
+        "network": "sandbox_network", "runtime": "gvisor"});
+    let (status, body) = system.post_json("/api/v1/templates", &gvisor).await;
+    assert_eq!(status, 201, "{body}");
+    let gvisor_session = session_of(&system, "gvisor-network").await;
+    let kernel = run(&system, &gvisor_session, "shell", "uname -r").await;
+    assert_eq!(text(&kernel, "stdout"), "4.4.0\n", "{kernel}");
+    let reached = run(
+        &system,
+        &gvisor_session,
+        "python",
+        &probe(&[(allowed.clone(), PORT), (gateway.clone(), host_port)]),
+    )
+    .await;
+    let out = text(&reached, "stdout");
+    assert!(out.contains(&format!("{allowed}:{PORT} ok")), "{reached}");
+    assert!(
+        out.contains(&format!("{gateway}:{host_port} refused")),
+        "{reached}"
+    );
     drop(internet);
 }
