@@ -18,6 +18,7 @@ mod node;
 mod pool;
 mod running;
 mod runtimes;
+mod sandbox;
 mod serve;
 #[cfg(feature = "simulation")]
 mod simulation;

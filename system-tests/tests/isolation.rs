@@ -384,6 +384,29 @@ fn probe(targets: &[(String, u16)]) -> String {
     )
 }
 
+/// The session reaches the `internet` test host and not the `host` service.
+async fn assert_reaches_only(
+    system: &System,
+    session: &str,
+    internet: (&str, u16),
+    host: (&str, u16),
+) {
+    let targets = [
+        (internet.0.to_owned(), internet.1),
+        (host.0.to_owned(), host.1),
+    ];
+    let reached = run(system, session, "python", &probe(&targets)).await;
+    let out = text(&reached, "stdout");
+    assert!(
+        out.contains(&format!("{}:{} ok", internet.0, internet.1)),
+        "{reached}"
+    );
+    assert!(
+        out.contains(&format!("{}:{} refused", host.0, host.1)),
+        "{reached}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_networked_sandbox_reaches_the_internet_but_not_the_host_nor_what_is_denied() {
     let system = executor_system().await;
@@ -410,19 +433,14 @@ async fn a_networked_sandbox_reaches_the_internet_but_not_the_host_nor_what_is_d
     });
 
     let session = session_of(&system, "python-network").await;
-    let reached = run(
+    let host_service = (gateway.clone(), host_port);
+    assert_reaches_only(
         &system,
         &session,
-        "python",
-        &probe(&[(allowed.clone(), PORT), (gateway.clone(), host_port)]),
+        (&allowed, PORT),
+        (&host_service.0, host_service.1),
     )
     .await;
-    let out = text(&reached, "stdout");
-    assert!(out.contains(&format!("{allowed}:{PORT} ok")), "{reached}");
-    assert!(
-        out.contains(&format!("{gateway}:{host_port} refused")),
-        "{reached}"
-    );
 
     let denying = json!({"id": "denying", "image": "sandbox-executor:v1.0",
         "network": "sandbox_network", "egress": {"deny": [allowed]}});
@@ -449,18 +467,12 @@ async fn a_networked_sandbox_reaches_the_internet_but_not_the_host_nor_what_is_d
     let gvisor_session = session_of(&system, "gvisor-network").await;
     let kernel = run(&system, &gvisor_session, "shell", "uname -r").await;
     assert_eq!(text(&kernel, "stdout"), "4.4.0\n", "{kernel}");
-    let reached = run(
+    assert_reaches_only(
         &system,
         &gvisor_session,
-        "python",
-        &probe(&[(allowed.clone(), PORT), (gateway.clone(), host_port)]),
+        (&allowed, PORT),
+        (&host_service.0, host_service.1),
     )
     .await;
-    let out = text(&reached, "stdout");
-    assert!(out.contains(&format!("{allowed}:{PORT} ok")), "{reached}");
-    assert!(
-        out.contains(&format!("{gateway}:{host_port} refused")),
-        "{reached}"
-    );
     drop(internet);
 }
