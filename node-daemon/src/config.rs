@@ -59,6 +59,11 @@ pub struct Config {
     #[arg(long, env = "NODE_DAEMON_MEMORY_RESERVE_MB", default_value_t = 1024)]
     pub memory_reserve_mb: u64,
 
+    /// Disk kept free where the sandboxes' disks are, in MiB: their images are sparse (taken as
+    /// written), so a session is refused when the free space is below this plus its `disk_mb`.
+    #[arg(long, env = "NODE_DAEMON_DISK_RESERVE_MB", default_value_t = 4096)]
+    pub disk_reserve_mb: u64,
+
     /// Where the daemon keeps the sandboxes' disk images (`volumes/`).
     #[arg(
         long,
@@ -349,6 +354,7 @@ mod tests {
         assert_eq!(config.network, "sandbox_network");
         assert_eq!(config.max_containers, 256);
         assert_eq!(config.memory_reserve_mb, 1024);
+        assert_eq!(config.disk_reserve_mb, 4096);
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/sandbox-node"));
         assert!(config.egress_nameservers.is_empty());
         assert_eq!(config.cpu_cores, None);

@@ -13,6 +13,7 @@ use messages::{ErrorBody, ErrorCode, SessionId};
 use crate::agent::AgentChannel;
 use crate::docker::{ContainerFacts, SandboxContainer};
 use crate::egress::EgressFirewall;
+use crate::host;
 use crate::ledger::{Admission, Demand};
 use crate::node::Node;
 
@@ -48,6 +49,7 @@ pub(crate) async fn make(
         .runtimes
         .engine_runtime(spec.runtime, spec.network, &node.id)?;
     let egress = egress_for(node, spec)?;
+    check_disk(node, spec.resources.disk_mb)?;
     let demand = Demand::of(&spec.resources);
     let reservation = Reservation::admit(node, session_id, demand)?;
     // The key of the disk and the rules: the name made under, which a claim later changes.
@@ -104,6 +106,26 @@ pub(crate) async fn make(
     }
     reservation.settle(&container_id, demand, warm_pool.is_some());
     Ok(Some(container_id))
+}
+
+/// Refuses a session whose disk could not be written in full without eating into the disk kept
+/// free (sparse images promise more than the host has; this keeps the host's own floor).
+fn check_disk(node: &Node, disk_mb: u64) -> Result<(), ErrorBody> {
+    let Some(free) = host::disk_available_mb(node.volumes.root()) else {
+        return Ok(());
+    };
+    let needed = disk_mb.saturating_add(node.disk_reserve_mb);
+    if free < needed {
+        return Err(ErrorBody::new(
+            ErrorCode::Capacity,
+            format!(
+                "node {}: the host's disk is short: {free} MiB free where sandbox disks are, \
+                 {disk_mb} MiB asked, {} MiB kept free for the host",
+                node.id, node.disk_reserve_mb
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// For a networked spec: the firewall that must hold it, and its parsed rules. A node whose

@@ -158,6 +158,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         heartbeat_interval: config.heartbeat_interval,
         output_limit: config.output_limit,
         memory_reserve_mb: config.memory_reserve_mb,
+        disk_reserve_mb: config.disk_reserve_mb,
         volumes,
         runtimes,
         egress,

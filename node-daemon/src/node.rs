@@ -26,6 +26,7 @@ pub(crate) struct Settings {
     pub heartbeat_interval: Duration,
     pub output_limit: u64,
     pub memory_reserve_mb: u64,
+    pub disk_reserve_mb: u64,
     pub volumes: Volumes,
     pub runtimes: EngineRuntimes,
     /// The egress rules of `sandbox_network`, or why they could not be installed (then no
@@ -61,6 +62,8 @@ pub(crate) struct Node {
     pub egress: Result<EgressFirewall, String>,
     /// Host memory admission keeps free, in MiB.
     memory_reserve_mb: u64,
+    /// Disk admission keeps free beside a session's `disk_mb`, in MiB.
+    pub disk_reserve_mb: u64,
     ledger: Mutex<Ledger>,
     session_locks: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -89,6 +92,7 @@ impl Node {
             runtimes: settings.runtimes,
             egress: settings.egress,
             memory_reserve_mb: settings.memory_reserve_mb,
+            disk_reserve_mb: settings.disk_reserve_mb,
             ledger: Mutex::new(ledger),
             session_locks: Mutex::new(HashMap::new()),
         }

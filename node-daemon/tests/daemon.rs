@@ -327,6 +327,25 @@ async fn capacity_is_the_nodes_word() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_host_short_of_disk_refuses_with_the_reason() {
+    // More disk kept free than any host has.
+    let harness = Harness::started(|config| config.disk_reserve_mb = 1 << 40).await;
+    let session_id = new_session();
+    let refusal = remote_error(
+        harness
+            .create_with(&session_id, harness.spec(NetworkMode::None))
+            .await,
+    );
+    assert_eq!(refusal.code, ErrorCode::Capacity);
+    assert!(
+        refusal.message.contains("disk is short"),
+        "{}",
+        refusal.message
+    );
+    assert_eq!(harness.containers_of(&session_id).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_missing_image_is_not_found_and_bad_input_is_invalid() {
     let harness = Harness::started(|_| {}).await;
 

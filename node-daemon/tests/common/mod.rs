@@ -83,6 +83,7 @@ impl Harness {
             network,
             max_containers: 10,
             memory_reserve_mb: 256,
+            disk_reserve_mb: 1024,
             state_dir: state_dir.path().to_owned(),
             gvisor_runtime: "sandbox-gvisor".to_owned(),
             gvisor_networked_runtime: "sandbox-gvisor-net".to_owned(),
