@@ -100,10 +100,23 @@ impl Volumes {
     /// of a container that exists) is kept as it is.
     pub async fn create(&self, key: &str, size_mb: u64) -> Result<VolumePaths, VolumeError> {
         check_key(key)?;
-        let mount_point = self.mount_point(key);
-        if is_mounted(&mount_point).await {
+        if is_mounted(&self.mount_point(key)).await {
             return Ok(self.paths(key));
         }
+        match self.make(key, size_mb).await {
+            Ok(paths) => Ok(paths),
+            Err(error) => {
+                // Nothing half-made is left behind.
+                if let Err(cleanup) = self.release(key).await {
+                    tracing::warn!(error = %cleanup, key, "removing a half-made volume");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn make(&self, key: &str, size_mb: u64) -> Result<VolumePaths, VolumeError> {
+        let mount_point = self.mount_point(key);
         let image = self.image(key);
         let action = format!("making the {size_mb} MiB volume of {key}");
         let file = tokio::fs::File::create(&image)
