@@ -272,11 +272,12 @@ pub(crate) async fn heartbeat(node: Arc<Node>, cancel: CancellationToken) -> any
 #[tracing::instrument(name = "node.heartbeat", skip(node), fields(sequence))]
 async fn send_heartbeat(node: &Node, status: NodeSelfStatus) {
     // Read before the ledger's lock is taken: reading the host's figures is a file read each.
-    let free = HostFree {
-        memory_mb: host::memory_available_mb().unwrap_or(0),
+    // Unknown free memory is left out rather than sent as 0, which placement would read as full.
+    let free = host::memory_available_mb().map(|memory_mb| HostFree {
+        memory_mb,
         disk_mb: host::disk_available_mb(node.volumes.root()).unwrap_or(0),
-    };
-    let heartbeat = heartbeat_message(&node.id, &mut node.ledger(), status, Some(free));
+    });
+    let heartbeat = heartbeat_message(&node.id, &mut node.ledger(), status, free);
     let sequence = heartbeat.sequence;
     tracing::Span::current().record("sequence", sequence);
     if let Err(error) = bus::publish(&node.nats, subjects::heartbeat(), &heartbeat).await {

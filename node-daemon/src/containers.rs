@@ -88,10 +88,8 @@ pub(crate) async fn make(
         }
     };
     let started = match start_and_confirm(node, &container_id).await {
-        Ok(()) => match egress {
-            Some((firewall, rules)) => {
-                open_egress(node, firewall, &key, &container_id, &rules).await
-            }
+        Ok(running) => match egress {
+            Some((firewall, rules)) => open_egress(node, firewall, &key, &running, &rules).await,
             None => Ok(()),
         },
         Err(error) => Err(error),
@@ -138,37 +136,36 @@ fn egress_for<'a>(
         return Ok(None);
     }
     let rules = spec.egress.rules().map_err(ErrorBody::invalid)?;
-    let firewall = node.egress.as_ref().map_err(|reason| {
+    Ok(Some((firewall(node)?, rules)))
+}
+
+/// The node's firewall, or why it has none (then it takes no networked session).
+fn firewall(node: &Node) -> Result<&EgressFirewall, ErrorBody> {
+    node.egress.as_ref().map_err(|reason| {
         ErrorBody::new(
             ErrorCode::Capacity,
             format!("node {} takes no networked sessions: {reason}", node.id),
         )
-    })?;
-    Ok(Some((firewall, rules)))
+    })
 }
 
-/// Installs the rules of the running container `container_id` for its address.
+/// Installs the rules of the `running` container for its address.
 async fn open_egress(
     node: &Node,
     firewall: &EgressFirewall,
     key: &str,
-    container_id: &str,
+    running: &ContainerFacts,
     rules: &EgressRules,
 ) -> Result<(), ErrorBody> {
-    let address = node
-        .docker
-        .inspect(container_id)
-        .await?
-        .and_then(|facts| facts.ip_address)
-        .ok_or_else(|| {
-            ErrorBody::new(
-                ErrorCode::RuntimeError,
-                format!(
-                    "container {container_id} has no address on {}",
-                    node.sandbox_network
-                ),
-            )
-        })?;
+    let address = running.ip_address.ok_or_else(|| {
+        ErrorBody::new(
+            ErrorCode::RuntimeError,
+            format!(
+                "container {} has no address on {}",
+                running.id, node.sandbox_network
+            ),
+        )
+    })?;
     firewall
         .open(key, address, rules)
         .await
@@ -184,14 +181,8 @@ pub(crate) async fn reopen_egress(
     let (Some(egress), Some(key)) = (&container.egress, &container.volume_key) else {
         return Ok(());
     };
-    let firewall = node.egress.as_ref().map_err(|reason| {
-        ErrorBody::new(
-            ErrorCode::Capacity,
-            format!("node {} takes no networked sessions: {reason}", node.id),
-        )
-    })?;
     let rules = egress.rules().map_err(ErrorBody::invalid)?;
-    open_egress(node, firewall, key, &container.id, &rules).await
+    open_egress(node, firewall(node)?, key, container, &rules).await
 }
 
 /// Lets go of a disk whose container never came to be (or is gone); a failure is logged, and
@@ -238,21 +229,19 @@ pub(crate) async fn run_existing(
             .mark_running(session_id, &existing.id, existing.demand);
     } else {
         let reservation = Reservation::admit(node, session_id, existing.demand)?;
-        start_and_confirm(node, &existing.id).await?;
-        if let Some(restarted) = node.docker.inspect(&existing.id).await? {
-            reopen_egress(node, &restarted).await?;
-        }
+        let restarted = start_and_confirm(node, &existing.id).await?;
+        reopen_egress(node, &restarted).await?;
         reservation.settle(&existing.id, existing.demand, false);
     }
     Ok(existing.id)
 }
 
-/// Starts the container and checks that it stays up.
-async fn start_and_confirm(node: &Node, container_id: &str) -> Result<(), ErrorBody> {
+/// Starts the container and checks that it stays up; returns it as it runs (with its address).
+async fn start_and_confirm(node: &Node, container_id: &str) -> Result<ContainerFacts, ErrorBody> {
     node.docker.start(container_id).await?;
     let facts = node.docker.inspect(container_id).await?;
     match facts {
-        Some(facts) if facts.running => Ok(()),
+        Some(facts) if facts.running => Ok(facts),
         Some(facts) => Err(ErrorBody::new(
             ErrorCode::RuntimeError,
             format!(

@@ -62,6 +62,17 @@ pub struct HostMemory {
     pub reserve_mb: u64,
 }
 
+impl HostMemory {
+    /// Whether `asked_mb` more fits beside what is promised to sandboxes still starting
+    /// (`pending_mb`, which the free figure does not show yet) and the reserve.
+    fn fits(&self, pending_mb: u64, asked_mb: u64) -> bool {
+        pending_mb
+            .saturating_add(asked_mb)
+            .saturating_add(self.reserve_mb)
+            <= self.available_mb
+    }
+}
+
 /// Whole cores to millicores; negative or not-a-number counts as nothing.
 pub fn millicores(cores: f64) -> u64 {
     // `as` saturates: NaN and negatives become 0, huge values u64::MAX.
@@ -205,11 +216,7 @@ impl Ledger {
         let usage = self.usage();
         let capacity = self.capacity;
         if let Some(host) = host
-            && host.available_mb
-                < usage
-                    .pending_memory_mb
-                    .saturating_add(demand.memory_mb)
-                    .saturating_add(host.reserve_mb)
+            && !host.fits(usage.pending_memory_mb, demand.memory_mb)
         {
             return Err(Refusal::HostMemory {
                 available: host.available_mb,
@@ -263,11 +270,10 @@ impl Ledger {
         let capacity = self.capacity;
         let count64 = u64::from(count);
         let host_fits = host.is_none_or(|host| {
-            usage
-                .pending_memory_mb
-                .saturating_add(demand.memory_mb.saturating_mul(count64))
-                .saturating_add(host.reserve_mb)
-                <= host.available_mb
+            host.fits(
+                usage.pending_memory_mb,
+                demand.memory_mb.saturating_mul(count64),
+            )
         });
         host_fits
             && usage.containers.saturating_add(count) <= capacity.max_containers

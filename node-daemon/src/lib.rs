@@ -237,16 +237,10 @@ async fn install_egress(docker: &DockerEngine, config: &Config) -> anyhow::Resul
     let subnet = subnet
         .parse()
         .with_context(|| format!("the subnet {subnet:?} of {}", config.network))?;
-    let hash = config
-        .network
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        });
     let firewall = EgressFirewall::install(FirewallConfig {
         bridge_interface,
         subnet,
-        chain_prefix: format!("SBX-{:06x}", hash & 0xff_ffff),
+        chain_prefix: egress::chain_prefix(&config.network),
         nameservers: (!config.egress_nameservers.is_empty())
             .then(|| config.egress_nameservers.clone()),
         owner: config.node_id.to_string(),

@@ -352,6 +352,11 @@ mod tests {
         assert_eq!(host.init, Some(false), "the agent is PID 1");
         assert_eq!(host.runtime.as_deref(), Some("sandbox-gvisor-net"));
         assert_eq!(host.shm_size, Some(64 * 1024 * 1024));
+        assert_eq!(
+            host.oom_score_adj,
+            Some(500),
+            "sandboxes go before the host's services"
+        );
         // Guarantees: 1/64 of the limits by default, as cpu.shares and a soft memory limit.
         assert_eq!(host.cpu_shares, Some(8));
         assert_eq!(host.memory_reservation, Some(32 * 1024 * 1024));

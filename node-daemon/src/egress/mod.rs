@@ -23,7 +23,7 @@ use tokio::sync::Mutex;
 use self::resolve::Resolver;
 use self::rules::{Chains, Jump, Resolved};
 
-pub use self::rules::{BUILT_IN_DENIED, MAX_PREFIX_LEN};
+pub use self::rules::{BUILT_IN_DENIED, MAX_PREFIX_LEN, chain_prefix};
 
 /// How often the daemon should call [`EgressFirewall::refresh_domains`].
 pub const REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);

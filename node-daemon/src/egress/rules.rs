@@ -128,6 +128,12 @@ impl Chains {
     }
 }
 
+/// The chain prefix of the sandbox network `network`: `SBX-` and six hex digits of its name's
+/// hash, so daemons of different networks on one host (tests) keep apart.
+pub fn chain_prefix(network: &str) -> String {
+    format!("SBX-{:06x}", fnv1a(network) & 0xff_ffff)
+}
+
 /// FNV-1a: stable across builds and platforms.
 fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
