@@ -43,6 +43,11 @@ pub fn templates_updated() -> &'static str {
     "sandbox.templates.updated"
 }
 
+/// An API key was revoked or changed; every gateway replica drops what it remembered of it.
+pub fn api_keys_updated() -> &'static str {
+    "sandbox.api_keys.updated"
+}
+
 /// `runtime.cmd.<node_id>.<verb>`: a request to one node; `verb` is a
 /// [`crate::NodeCommand::VERB`].
 pub fn node_command(node_id: &NodeId, verb: &str) -> String {
